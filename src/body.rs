@@ -1,0 +1,68 @@
+//! The one body type that flows through wxgate, both ways.
+//!
+//! Pass-through bodies stay hyper's [`Incoming`] from end to end: streamed
+//! frame by frame, never buffered, so a multi-GB upload or download costs no
+//! memory. Bodies wxgate makes or reads itself (errors, login and phone
+//! requests) are a [`Full`]. An `Either` of the two needs no allocation.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::error::Error;
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A body wxgate wrote itself.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Either::Right(Full::new(Bytes::new()))
+}
+
+/// Reads a body of at most `limit` bytes. A declared Content-Length over the
+/// limit is refused before anything is read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, Error> {
+    if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(n) if n > limit => return Err(Error::BodyTooLarge { limit }),
+            Some(_) => {}
+            None => return Err(Error::InvalidRequest("Content-Length is not a number".into())),
+        }
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+        Err(_) => Err(Error::ClientBody),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limits_are_enforced_with_and_without_content_length() {
+        let mut h = HeaderMap::new();
+        assert_eq!(read_limited(&h, full("hello"), 5).await.unwrap(), "hello");
+        assert!(matches!(
+            read_limited(&h, full("hello!"), 5).await,
+            Err(Error::BodyTooLarge { limit: 5 })
+        ));
+        h.insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
+        assert!(matches!(
+            read_limited(&h, full("x"), 5).await,
+            Err(Error::BodyTooLarge { .. })
+        ));
+        h.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
+        assert!(matches!(
+            read_limited(&h, full("x"), 5).await,
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+}

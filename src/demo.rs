@@ -1,0 +1,207 @@
+//! `wxgate demo`: wxgate, the fake WeChat and a small echo backend in one
+//! process, on local ports, walking through what a mini program does and
+//! printing what the backend receives at each step. Needs no WeChat account.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+use crate::config::{Config, Secret};
+use crate::fake::{FakeWeixin, MintRequest};
+use crate::server::Listeners;
+
+const APPID: &str = "wxd0000000000demo";
+const SECRET: &str = "demo-secret";
+
+type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the walk-through and stops everything.
+pub fn run() -> Result<(), DemoError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(walk())
+}
+
+async fn walk() -> Result<(), DemoError> {
+    let fake = FakeWeixin::new(APPID, SECRET);
+    let fake_addr = fake.spawn_local().await?;
+    let backend = spawn_echo_backend().await?;
+
+    let mut config = Config::default();
+    config.upstream.url = format!("http://{backend}");
+    config.weixin.appid = APPID.into();
+    config.weixin.secret = Secret::new(SECRET);
+    config.weixin.api_base = format!("http://{fake_addr}");
+    config.server.workers = 1;
+    config.validate()?;
+    let listeners = Listeners::bind("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?, 1)?;
+    let running = crate::server::start_with(config, listeners)?;
+    let gate = running.addr;
+
+    println!("wxgate demo");
+    println!("  wxgate        http://{gate}   (admin http://{})", running.admin_addr);
+    println!("  fake WeChat   http://{fake_addr}");
+    println!("  echo backend  http://{backend}   (answers with what it received)\n");
+
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let send = |method: Method, path: &str, session: Option<&str>, extra: Option<(&str, &str)>, body: Option<Value>| {
+        let mut b = Request::builder().method(method).uri(format!("http://{gate}{path}"));
+        if let Some(s) = session {
+            b = b.header("x-wx-session", s);
+        }
+        if let Some((k, v)) = extra {
+            b = b.header(k, v);
+        }
+        let body = body.map(|v| v.to_string()).unwrap_or_default();
+        if !body.is_empty() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = b.body(Full::new(Bytes::from(body)));
+        let client = client.clone();
+        async move {
+            let res = client.request(req?).await?;
+            let session = res
+                .headers()
+                .get("x-wx-session")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            Ok::<_, DemoError>((status, session, json))
+        }
+    };
+
+    println!("1. The mini program calls wx.login and posts the code:  POST /api/login {{\"code\": \"alice.1\"}}");
+    let (status, session, json) =
+        send(Method::POST, "/api/login", None, None, Some(json!({"code": "alice.1"}))).await?;
+    let session = session.ok_or("the login answer carries no session header")?;
+    println!(
+        "   wxgate exchanged the code with WeChat; the client gets {status} and x-wx-session: {}…",
+        &session[..6]
+    );
+    show_backend(&json);
+
+    println!("2. A later request with the session header:  GET /api/orders?page=1");
+    let (_, _, json) = send(Method::GET, "/api/orders?page=1", Some(&session), None, None).await?;
+    show_backend(&json);
+
+    println!("3. A forged identity header is removed:  GET /api/orders with X_WX_OPENID: admin and no session");
+    let (_, _, json) = send(Method::GET, "/api/orders", None, Some(("X_WX_OPENID", "admin")), None).await?;
+    show_backend(&json);
+
+    println!("4. The getPhoneNumber button (legacy flow):  POST /api/phone {{encryptedData, iv}}");
+    let minted = fake.mint_phone(&MintRequest {
+        user: "alice".into(),
+        phone_number: "13800138000".into(),
+        pure_phone_number: "13800138000".into(),
+        country_code: "86".into(),
+        appid: None,
+        timestamp: None,
+    })?;
+    let body = json!({"encryptedData": minted.encrypted_data, "iv": minted.iv});
+    let (status, _, json) = send(Method::POST, "/api/phone", Some(&session), None, Some(body)).await?;
+    println!("   wxgate decrypted it with the session key only it holds ({status})");
+    show_backend(&json);
+
+    println!("5. The getPhoneNumber button (base library >= 2.21.2):  POST /api/phone {{\"code\": ...}}");
+    let body = json!({"code": "phone:13900139000"});
+    let (status, _, json) = send(Method::POST, "/api/phone", Some(&session), None, Some(body)).await?;
+    println!("   wxgate exchanged the phone code with WeChat ({status})");
+    show_backend(&json);
+
+    println!("6. Without a session, the phone route asks for a login:");
+    let (status, _, json) = send(Method::POST, "/api/phone", None, None, Some(json!({"code": "phone:1"}))).await?;
+    println!("   {status} {json}\n");
+
+    running.shutdown();
+    running.stopped().await;
+    println!("Done. The backend never saw the AppSecret, a session_key or the session token.");
+    Ok(())
+}
+
+fn show_backend(echo: &Value) {
+    let Some(headers) = echo.get("headers").and_then(Value::as_object) else {
+        println!("   (wxgate answered itself: {echo})\n");
+        return;
+    };
+    println!(
+        "   the backend received {} {}",
+        echo["method"].as_str().unwrap_or("?"),
+        echo["path"].as_str().unwrap_or("?")
+    );
+    let mut any = false;
+    for (k, v) in headers {
+        if k.starts_with("x-wx-") {
+            println!("     {k}: {}", v.as_str().unwrap_or(""));
+            any = true;
+        }
+    }
+    if !any {
+        println!("     (no x-wx-* header: an anonymous request)");
+    }
+    println!();
+}
+
+/// A backend that answers every request with what it received, as JSON.
+pub async fn spawn_echo_backend() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(echo);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let method = req.method().to_string();
+    let path = req.uri().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let out = json!({
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut res = Response::new(Full::new(Bytes::from(out.to_string())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}

@@ -1,0 +1,413 @@
+//! The phone route (`phone.path`): the getPhoneNumber button's data becomes
+//! the cleartext phone number in headers to the backend.
+//!
+//! - Needs a live session (401 `session_required` otherwise: log in again).
+//! - The body is `{"encryptedData", "iv"}` (legacy flow), `{"code"}` (base
+//!   library >= 2.21.2), or both. With both, decryption is tried first (no
+//!   WeChat call, nothing billed) and the code only if that fails.
+//! - Decryption tries the session's key, then the user's previous keys: a
+//!   `wx.login` during the callback may have replaced the key the data was
+//!   encrypted with. Padding, UTF-8 and JSON failures are one answer
+//!   (401 `decrypt_failed`), so the route is no padding oracle.
+//! - The code flow calls getuserphonenumber with the session's openid and the
+//!   stable access token; on a token rejection (40001/40014/42001) it
+//!   refreshes the token once and retries once. That is the only retry: each
+//!   successful call is billed.
+//! - Every value is checked (digits, an optional leading '+', bounded
+//!   length) before it becomes a header; a refused request never reaches the
+//!   backend.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
+use http::{Method, Request, Response, header};
+use serde_json::Value;
+use tower::{Layer, Service};
+
+use crate::body::{self, Body};
+use crate::config::{Config, ForwardBody};
+use crate::error::Error;
+use crate::layers::identity::{CurrentSession, IdentityHeaders};
+use crate::metrics;
+use crate::session::{PhoneNumber, Session, SessionStore, unix_now};
+use crate::weixin::client::{PhoneCallError, PhoneInfo, WeixinClient};
+use crate::weixin::crypto::{self, DecryptError, DecryptedData, SessionKey, mask_phone};
+use crate::weixin::token::AccessTokenProvider;
+
+/// Fields removed from the forwarded body with `forward_body = "strip"`.
+const ENCRYPTED_FIELDS: [&str; 4] = ["encryptedData", "iv", "code", "cloudID"];
+
+#[derive(Clone)]
+pub struct PhoneLayer {
+    state: Arc<State>,
+}
+
+struct State {
+    path: Box<str>,
+    appid: Box<str>,
+    max_body: u64,
+    max_age: Option<u64>,
+    remember: bool,
+    forward_body: ForwardBody,
+    store: Arc<dyn SessionStore>,
+    weixin: WeixinClient,
+    tokens: Arc<AccessTokenProvider>,
+    headers: Arc<IdentityHeaders>,
+}
+
+impl PhoneLayer {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn SessionStore>,
+        weixin: WeixinClient,
+        tokens: Arc<AccessTokenProvider>,
+        headers: Arc<IdentityHeaders>,
+    ) -> Self {
+        Self {
+            state: Arc::new(State {
+                path: config.phone.path.as_str().into(),
+                appid: config.weixin.appid.as_str().into(),
+                max_body: config.server.max_body_bytes,
+                max_age: config.phone.max_age.map(|d| d.get().as_secs()),
+                remember: config.phone.remember,
+                forward_body: config.phone.forward_body,
+                store,
+                weixin,
+                tokens,
+                headers,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for PhoneLayer {
+    type Service = Phone<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Phone {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Phone<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S> Service<Request<Body>> for Phone<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if req.uri().path() != &*self.state.path {
+            return Either::Left(self.inner.call(req));
+        }
+        let state = self.state.clone();
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(async move { state.handle(inner, req).await }))
+    }
+}
+
+/// What the client sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PhoneRequest {
+    pub encrypted: Option<(String, String)>,
+    pub code: Option<String>,
+}
+
+/// Parses the phone route's body: `{"encryptedData","iv"}`, `{"code"}`, or both.
+pub fn parse_request(body: &[u8]) -> Result<PhoneRequest, Error> {
+    let invalid = |m: &str| Error::InvalidRequest(m.to_owned());
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return Err(invalid(
+            "the body must be a JSON object with \"encryptedData\" and \"iv\", or \"code\"",
+        ));
+    };
+    let field = |name: &str| match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(Error::InvalidRequest(format!("\"{name}\" must be a non-empty string"))),
+    };
+    let (data, iv, code) = (field("encryptedData")?, field("iv")?, field("code")?);
+    let encrypted = match (data, iv) {
+        (Some(d), Some(i)) => Some((d, i)),
+        (None, None) => None,
+        _ => return Err(invalid("\"encryptedData\" and \"iv\" go together")),
+    };
+    if let Some(c) = &code
+        && (c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(invalid("\"code\" must be 1 to 128 visible ASCII characters"));
+    }
+    if encrypted.is_none() && code.is_none() {
+        return Err(invalid(
+            "expected \"encryptedData\" and \"iv\", or \"code\" (from the getPhoneNumber button)",
+        ));
+    }
+    Ok(PhoneRequest { encrypted, code })
+}
+
+impl State {
+    async fn handle<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
+    {
+        if req.method() != Method::POST {
+            return Err(Error::MethodNotAllowed("POST"));
+        }
+        let Some(current) = req.extensions().get::<CurrentSession>().cloned() else {
+            return Err(Error::SessionRequired);
+        };
+        let (mut parts, body) = req.into_parts();
+        let bytes = body::read_limited(&parts.headers, body, self.max_body).await?;
+        let request = parse_request(&bytes)?;
+
+        let (flow, result) = match (&request.encrypted, &request.code) {
+            (Some((data, iv)), code) => match self.decrypt(&current.session, data, iv).await {
+                Err(Error::DecryptFailed | Error::InvalidRequest(_)) if code.is_some() => {
+                    metrics::phone("decrypt", "fallback_to_code");
+                    (
+                        "code",
+                        self.exchange(&current.session, code.as_deref().unwrap_or_default())
+                            .await,
+                    )
+                }
+                other => ("decrypt", other),
+            },
+            (None, Some(code)) => ("code", self.exchange(&current.session, code).await),
+            (None, None) => unreachable_request(),
+        };
+        let phone = match result {
+            Ok(p) => p,
+            Err(e) => {
+                metrics::phone(flow, e.code());
+                return Err(e);
+            }
+        };
+        metrics::phone(flow, "ok");
+        tracing::info!(openid = %current.session.openid, phone = %mask_phone(&phone.phone_number), flow, "phone number established");
+
+        if self.remember && current.session.phone.as_ref() != Some(&phone) {
+            let session = Session {
+                phone: Some(phone.clone()),
+                ..Session::clone(&current.session)
+            };
+            if let Err(e) = self.store.insert(current.token, Arc::new(session)).await {
+                tracing::warn!(error = %e, "cannot remember the phone number in the session");
+            }
+        }
+        self.headers.insert_phone(&mut parts.headers, &phone);
+        let body = match self.forward_body {
+            ForwardBody::Forward => bytes,
+            ForwardBody::Strip => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                strip_encrypted(&bytes)
+            }
+        };
+        inner.call(Request::from_parts(parts, body::full(body))).await
+    }
+
+    /// The legacy flow: the session's key, then the user's previous keys.
+    async fn decrypt(&self, session: &Session, data: &str, iv: &str) -> Result<PhoneNumber, Error> {
+        let format_error = |e: DecryptError| Error::InvalidRequest(format!("encryptedData/iv: {e}"));
+        let decrypted = match crypto::decrypt(&session.session_key, iv, data) {
+            Ok(d) => d,
+            Err(e) if e.is_client_format_error() => return Err(format_error(e)),
+            Err(_) => {
+                let previous: Vec<SessionKey> = match self.store.recent_keys(&session.openid).await {
+                    Ok(keys) => keys.into_iter().filter(|k| *k != session.session_key).take(2).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read previous session keys");
+                        Vec::new()
+                    }
+                };
+                let found = previous.iter().find_map(|k| crypto::decrypt(k, iv, data).ok());
+                match found {
+                    Some(d) => {
+                        metrics::phone("decrypt", "previous_key");
+                        tracing::debug!(openid = %session.openid, "decrypted with a previous session key");
+                        d
+                    }
+                    None => return Err(Error::DecryptFailed),
+                }
+            }
+        };
+        self.check_decrypted(decrypted)
+    }
+
+    fn check_decrypted(&self, data: DecryptedData) -> Result<PhoneNumber, Error> {
+        let Some(watermark) = data.watermark else {
+            return Err(Error::WatermarkMismatch);
+        };
+        if *watermark.appid != *self.appid {
+            return Err(Error::WatermarkMismatch);
+        }
+        if let Some(max_age) = self.max_age
+            && unix_now().saturating_sub(watermark.timestamp) > max_age
+        {
+            return Err(Error::WatermarkExpired);
+        }
+        let Some(phone_number) = data.phone_number else {
+            return Err(Error::NoPhoneNumber);
+        };
+        let pure = data.pure_phone_number.unwrap_or_else(|| phone_number.clone());
+        let country_code = data.country_code.unwrap_or_default();
+        validate(PhoneInfo {
+            phone_number,
+            pure_phone_number: pure,
+            country_code,
+        })
+    }
+
+    /// The code flow: one billed call, plus one retry after a token refresh.
+    async fn exchange(&self, session: &Session, code: &str) -> Result<PhoneNumber, Error> {
+        let token = self.tokens.get(&self.weixin).await?;
+        let info = match self.weixin.get_user_phone_number(&token, code, &session.openid).await {
+            Ok(info) => info,
+            Err(PhoneCallError::Failed(e)) => return Err(e),
+            Err(PhoneCallError::TokenRejected { errcode }) => {
+                tracing::info!(errcode, "WeChat rejected the access token; refreshing once");
+                let fresh = self.tokens.refresh_after_rejection(&self.weixin, &token).await?;
+                match self.weixin.get_user_phone_number(&fresh, code, &session.openid).await {
+                    Ok(info) => info,
+                    Err(PhoneCallError::Failed(e)) => return Err(e),
+                    Err(PhoneCallError::TokenRejected { errcode }) => {
+                        return Err(Error::Weixin(format!("errcode {errcode} again after a token refresh")));
+                    }
+                }
+            }
+        };
+        validate(info)
+    }
+}
+
+fn unreachable_request() -> (&'static str, Result<PhoneNumber, Error>) {
+    // parse_request refuses a body with neither; keep an answer rather than a panic.
+    (
+        "none",
+        Err(Error::InvalidRequest("expected encryptedData and iv, or code".into())),
+    )
+}
+
+/// Checks WeChat's values before they become headers.
+fn validate(info: PhoneInfo) -> Result<PhoneNumber, Error> {
+    let phone_like = |s: &str, max: usize| {
+        let digits = s.strip_prefix('+').unwrap_or(s);
+        !digits.is_empty() && digits.len() <= max && digits.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !phone_like(&info.phone_number, 20) || !phone_like(&info.pure_phone_number, 20) {
+        return Err(Error::Weixin("WeChat's phone number is not a phone number".into()));
+    }
+    if !phone_like(&info.country_code, 4) {
+        return Err(Error::Weixin("WeChat's country code is not a country code".into()));
+    }
+    Ok(PhoneNumber {
+        phone_number: info.phone_number.into(),
+        pure_phone_number: info.pure_phone_number.into(),
+        country_code: info.country_code.into(),
+    })
+}
+
+/// The body without its encrypted fields (for `forward_body = "strip"`).
+fn strip_encrypted(body: &[u8]) -> Bytes {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut map)) => {
+            for f in ENCRYPTED_FIELDS {
+                map.remove(f);
+            }
+            Bytes::from(Value::Object(map).to_string())
+        }
+        _ => Bytes::from_static(b"{}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_three_body_shapes_parse() {
+        let r = parse_request(br#"{"encryptedData":"a","iv":"b"}"#).unwrap();
+        assert_eq!(r.encrypted, Some(("a".into(), "b".into())));
+        assert_eq!(r.code, None);
+        let r = parse_request(br#"{"code":"c"}"#).unwrap();
+        assert_eq!(r.code.as_deref(), Some("c"));
+        let r = parse_request(br#"{"encryptedData":"a","iv":"b","code":"c","other":1}"#).unwrap();
+        assert!(r.encrypted.is_some() && r.code.is_some());
+    }
+
+    #[test]
+    fn anything_else_is_invalid() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"{}",
+            b"nope",
+            br#"{"encryptedData":"a"}"#,
+            br#"{"iv":"a"}"#,
+            br#"{"encryptedData":1,"iv":"b"}"#,
+            br#"{"code":5}"#,
+            br#"{"code":""}"#,
+            br#"{"code":"a b"}"#,
+        ] {
+            assert!(
+                matches!(parse_request(body), Err(Error::InvalidRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn only_phone_numbers_become_headers() {
+        let ok = |p: &str, cc: &str| {
+            validate(PhoneInfo {
+                phone_number: p.into(),
+                pure_phone_number: p.trim_start_matches('+').into(),
+                country_code: cc.into(),
+            })
+        };
+        assert!(ok("13580006666", "86").is_ok());
+        assert!(ok("+12025550123", "1").is_ok());
+        assert!(ok("138 0000", "86").is_err());
+        assert!(ok("1358000666\r\nx", "86").is_err());
+        assert!(ok("", "86").is_err());
+        assert!(ok("1".repeat(21).as_str(), "86").is_err());
+        assert!(ok("13580006666", "86a").is_err());
+        assert!(ok("13580006666", "").is_err());
+    }
+
+    #[test]
+    fn strip_removes_the_encrypted_fields_only() {
+        let out = strip_encrypted(br#"{"encryptedData":"a","iv":"b","code":"c","cloudID":"d","keep":1}"#);
+        assert_eq!(&out[..], br#"{"keep":1}"#);
+    }
+
+    proptest! {
+        #[test]
+        fn the_body_parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_request(&body);
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic(d in proptest::option::of(".{0,40}"), i in proptest::option::of(".{0,40}"), c in proptest::option::of(".{0,40}")) {
+            let v = serde_json::json!({"encryptedData": d, "iv": i, "code": c});
+            let _ = parse_request(v.to_string().as_bytes());
+        }
+    }
+}

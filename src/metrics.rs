@@ -1,0 +1,287 @@
+//! Prometheus metrics, all named `wxgate_*`, in one registry served by the
+//! admin listener.
+//!
+//! The per-request counters and the latency histogram are the hot path: each
+//! worker thread counts into thread-local buffers (prometheus' `local`
+//! metrics) and folds them into the shared registry at most once a second, so
+//! requests on two cores never fight over a cache line. A worker also flushes
+//! on a one-second tick and when it stops, so an idle worker's counts still
+//! show up; a scrape may therefore lag by up to a second.
+//!
+//! Everything else (WeChat calls, sessions, decryptions) is rare enough to
+//! count directly.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// What kind of route a request took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Passthrough,
+    Login,
+    Phone,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Passthrough => "passthrough",
+            RouteKind::Login => "login",
+            RouteKind::Phone => "phone",
+        }
+    }
+    const ALL: [RouteKind; 3] = [RouteKind::Passthrough, RouteKind::Login, RouteKind::Phone];
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGauge,
+    upstream_errors: IntCounterVec,
+    weixin_calls: IntCounterVec,
+    weixin_duration: HistogramVec,
+    sessions: IntGauge,
+    code_cache_hits: IntCounter,
+    logins: IntCounterVec,
+    phone: IntCounterVec,
+    access_tokens: IntCounterVec,
+    spoofed_headers: IntCounter,
+    info: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new_custom(Some("wxgate".into()), None).expect("static registry prefix is valid");
+    macro_rules! reg {
+        ($m:expr) => {{
+            let m = $m.expect("static metric definition is valid");
+            registry.register(Box::new(m.clone())).expect("metric names are unique");
+            m
+        }};
+    }
+    let m = Metrics {
+        requests: reg!(IntCounterVec::new(
+            Opts::new("requests_total", "Requests answered, by route kind and HTTP status."),
+            &["route", "status"]
+        )),
+        duration: reg!(HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time to the response head, by route kind.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"]
+        )),
+        in_flight: reg!(IntGauge::new("in_flight_requests", "Requests being handled now.")),
+        upstream_errors: reg!(IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Failed upstream requests, by kind (connect, io, timeout)."
+            ),
+            &["kind"]
+        )),
+        weixin_calls: reg!(IntCounterVec::new(
+            Opts::new(
+                "weixin_calls_total",
+                "Calls to WeChat's API, by API and outcome (ok, an errcode, timeout...)."
+            ),
+            &["api", "outcome"]
+        )),
+        weixin_duration: reg!(HistogramVec::new(
+            HistogramOpts::new(
+                "weixin_call_duration_seconds",
+                "Latency of calls to WeChat's API, by API."
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["api"]
+        )),
+        sessions: reg!(IntGauge::new("sessions", "Live sessions in the session store.")),
+        code_cache_hits: reg!(IntCounter::new(
+            "login_code_cache_hits_total",
+            "Logins answered from the code cache (a retried login) without calling WeChat."
+        )),
+        logins: reg!(IntCounterVec::new(
+            Opts::new("logins_total", "Login requests, by outcome (an error code, or ok)."),
+            &["outcome"]
+        )),
+        phone: reg!(IntCounterVec::new(
+            Opts::new(
+                "phone_requests_total",
+                "Phone requests, by flow (decrypt, code) and outcome (ok, previous_key, an error code)."
+            ),
+            &["flow", "outcome"]
+        )),
+        access_tokens: reg!(IntCounterVec::new(
+            Opts::new(
+                "access_token_fetches_total",
+                "Access tokens fetched from WeChat, by reason."
+            ),
+            &["reason"]
+        )),
+        spoofed_headers: reg!(IntCounter::new(
+            "spoofed_headers_removed_total",
+            "Client-sent copies of identity, phone or session headers removed."
+        )),
+        info: reg!(IntGaugeVec::new(
+            Opts::new("build_info", "wxgate's version."),
+            &["version"]
+        )),
+        registry,
+    };
+    m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m
+});
+
+/// Forces the registry into existence, so that `/metrics` shows every family
+/// (at zero) from the start.
+pub fn init() {
+    LazyLock::force(&METRICS);
+}
+
+struct LocalRequestMetrics {
+    counters: HashMap<(RouteKind, u16), LocalIntCounter>,
+    durations: [LocalHistogram; 3],
+    last_flush: Instant,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<LocalRequestMetrics>> = const { RefCell::new(None) };
+}
+
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+fn with_local<R>(f: impl FnOnce(&mut LocalRequestMetrics) -> R) -> R {
+    LOCAL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let local = slot.get_or_insert_with(|| LocalRequestMetrics {
+            counters: HashMap::new(),
+            durations: RouteKind::ALL.map(|r| METRICS.duration.with_label_values(&[r.as_str()]).local()),
+            last_flush: Instant::now(),
+        });
+        f(local)
+    })
+}
+
+fn route_index(route: RouteKind) -> usize {
+    match route {
+        RouteKind::Passthrough => 0,
+        RouteKind::Login => 1,
+        RouteKind::Phone => 2,
+    }
+}
+
+/// A request started.
+pub fn request_started() {
+    METRICS.in_flight.inc();
+}
+
+/// A request's response head is ready (or it failed).
+pub fn request_finished(route: RouteKind, status: u16, elapsed: Duration, now: Instant) {
+    METRICS.in_flight.dec();
+    with_local(|l| {
+        l.counters
+            .entry((route, status))
+            .or_insert_with(|| {
+                let status = status.to_string();
+                METRICS
+                    .requests
+                    .with_label_values(&[route.as_str(), status.as_str()])
+                    .local()
+            })
+            .inc();
+        l.durations[route_index(route)].observe(elapsed.as_secs_f64());
+        if now.duration_since(l.last_flush) >= FLUSH_EVERY {
+            flush(l, now);
+        }
+    });
+}
+
+fn flush(l: &mut LocalRequestMetrics, now: Instant) {
+    for c in l.counters.values_mut() {
+        c.flush();
+    }
+    for h in &mut l.durations {
+        h.flush();
+    }
+    l.last_flush = now;
+}
+
+/// Folds this thread's buffered counts into the registry.
+pub fn flush_local() {
+    with_local(|l| flush(l, Instant::now()));
+}
+
+pub fn upstream_error(kind: &'static str) {
+    METRICS.upstream_errors.with_label_values(&[kind]).inc();
+}
+
+pub fn weixin_call(api: &'static str, outcome: &str, elapsed: Duration) {
+    METRICS.weixin_calls.with_label_values(&[api, outcome]).inc();
+    METRICS
+        .weixin_duration
+        .with_label_values(&[api])
+        .observe(elapsed.as_secs_f64());
+}
+
+pub fn code_cache_hit() {
+    METRICS.code_cache_hits.inc();
+}
+
+pub fn login(outcome: &str) {
+    METRICS.logins.with_label_values(&[outcome]).inc();
+}
+
+pub fn phone(flow: &'static str, outcome: &str) {
+    METRICS.phone.with_label_values(&[flow, outcome]).inc();
+}
+
+pub fn access_token_fetch(reason: &'static str) {
+    METRICS.access_tokens.with_label_values(&[reason]).inc();
+}
+
+pub fn spoofed_header_removed() {
+    METRICS.spoofed_headers.inc();
+}
+
+pub fn set_sessions(n: u64) {
+    METRICS.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+/// The registry in Prometheus' text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail on I/O; a bad metric would be a bug.
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_metrics_reach_the_registry_after_a_flush() {
+        init();
+        request_started();
+        request_finished(RouteKind::Phone, 422, Duration::from_millis(3), Instant::now());
+        flush_local();
+        let text = render();
+        assert!(
+            text.contains(r#"wxgate_requests_total{route="phone",status="422"}"#),
+            "{text}"
+        );
+        assert!(text.contains("wxgate_request_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("wxgate_in_flight_requests"), "{text}");
+        assert!(text.contains("wxgate_build_info"), "{text}");
+    }
+}

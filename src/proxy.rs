@@ -1,0 +1,390 @@
+//! Forwarding to the upstream backend: the innermost service of the stack.
+//!
+//! - The request goes to `upstream.url` + the original path and query, with
+//!   the client's method, headers (less hop-by-hop ones) and streamed body.
+//!   The client's `Host` is kept, as a sidecar should be transparent; the
+//!   `X-Forwarded-*` headers say where the request came from.
+//! - Connections to the upstream are pooled and kept alive, one pool per
+//!   worker thread (see `server.rs`: the connection and the request stay on
+//!   one core).
+//! - `upstream.connect_timeout` bounds the TCP connect (502 after),
+//!   `upstream.timeout` bounds the wait for the response head (504 after);
+//!   bodies then stream for as long as they take.
+//! - HTTP Upgrade (WebSocket) gets a dedicated upstream connection: after
+//!   the upstream's `101 Switching Protocols` both sides are spliced together.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways: `Connection`
+//! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+//! `Trailer`, `Transfer-Encoding`, `Upgrade`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{self, Body};
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use crate::metrics;
+
+/// The address of the client, put in the request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Where requests go, parsed once from `upstream.url`.
+#[derive(Debug)]
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The URL's path without its trailing '/', "" when it is the root.
+    base_path: String,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+/// The forwarding service. Cheap to clone; each worker thread builds its own
+/// (and so its own connection pool).
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    target: Arc<Target>,
+}
+
+impl Proxy {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let uri = crate::config::parse_base_url(&config.url, &["http"])?;
+        let parts = uri.into_parts();
+        let authority = parts.authority.ok_or("upstream.url has no host")?;
+        let base_path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout.get()));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout.get())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            target: Arc::new(Target {
+                scheme: Scheme::HTTP,
+                authority,
+                base_path,
+                connect_timeout: config.connect_timeout.get(),
+                timeout: config.timeout.get(),
+            }),
+        })
+    }
+
+    /// Sends `req` upstream and returns the upstream's response, streaming.
+    pub async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+        let upgrade = is_upgrade(req.headers());
+        let upgrade_proto = if upgrade {
+            req.headers().get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        self.prepare(&mut req, upgrade_proto.as_ref())?;
+        if upgrade {
+            return self.forward_upgrade(req).await;
+        }
+        let res = match tokio::time::timeout(self.target.timeout, self.client.request(req)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { "connect" } else { "io" };
+                metrics::upstream_error(kind);
+                tracing::warn!(error = %error_chain(&e), kind, "upstream request failed");
+                return Err(Error::UpstreamUnavailable);
+            }
+            Err(_) => {
+                metrics::upstream_error("timeout");
+                return Err(Error::UpstreamTimeout);
+            }
+        };
+        let (mut parts, incoming) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)))
+    }
+
+    /// Rewrites the request for the upstream: URI, version, hop-by-hop
+    /// headers, X-Forwarded-*.
+    fn prepare(&self, req: &mut Request<Body>, upgrade: Option<&HeaderValue>) -> Result<(), Error> {
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        let original = std::mem::take(req.uri_mut());
+        let host = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => original
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if self.target.base_path.is_empty() {
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.target.base_path, path_and_query))
+                .map_err(|_| Error::InvalidRequest("the request target is not a valid path".into()))?
+        };
+        *req.uri_mut() = Uri::from_parts({
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(self.target.scheme.clone());
+            p.authority = Some(self.target.authority.clone());
+            p.path_and_query = Some(path_and_query);
+            p
+        })
+        .map_err(|e| Error::Internal(format!("cannot build the upstream URI: {e}")))?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(proto) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        if let Some(host) = host {
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, host.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(addr) = client {
+            append_forwarded_for(headers, addr);
+        }
+        Ok(())
+    }
+
+    /// An Upgrade request (WebSocket) on its own connection: hyper's pooled
+    /// client does not hand over upgraded connections, and tunnels are rare
+    /// and long-lived, so pooling would buy nothing.
+    async fn forward_upgrade(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let host = self
+            .target
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = self.target.authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.target.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics::upstream_error("connect");
+                tracing::warn!(error = %e, "upstream connect failed (upgrade)");
+                return Err(Error::UpstreamUnavailable);
+            }
+            Err(_) => {
+                metrics::upstream_error("connect");
+                return Err(Error::UpstreamUnavailable);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handshake = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream));
+        let (mut sender, conn) = handshake.await.map_err(|_| Error::UpstreamUnavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended");
+            }
+        });
+        // Origin-form on a direct connection.
+        let origin = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(origin);
+        let mut res = match tokio::time::timeout(self.target.timeout, sender.send_request(req)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                metrics::upstream_error("io");
+                tracing::warn!(error = %e, "upstream upgrade request failed");
+                return Err(Error::UpstreamUnavailable);
+            }
+            Err(_) => {
+                metrics::upstream_error("timeout");
+                return Err(Error::UpstreamTimeout);
+            }
+        };
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, incoming) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut res);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                        tracing::debug!(error = %e, "upgraded tunnel closed");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        // Keep Connection/Upgrade on a 101: they are the answer.
+        let (parts, _) = res.into_parts();
+        let mut out = Response::from_parts(parts, body::empty());
+        strip_hop_by_hop_keep_upgrade(out.headers_mut());
+        Ok(out)
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(req).await })
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// True for an HTTP/1.1 request asking to switch protocols.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_connection_listed(headers);
+    for name in [header::CONNECTION, header::UPGRADE] {
+        headers.remove(name);
+    }
+    remove_fixed_hop_by_hop(headers);
+}
+
+fn strip_hop_by_hop_keep_upgrade(headers: &mut HeaderMap) {
+    remove_fixed_hop_by_hop(headers);
+}
+
+fn remove_fixed_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
+    let ip = addr.ip().to_canonical();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.1:1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+        append_forwarded_for(&mut h, "[::ffff:10.0.0.2]:1".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_upgrade(&h));
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade(&h));
+    }
+}

@@ -1,0 +1,152 @@
+//! The embedded session store: moka caches in this process.
+//!
+//! - sessions: token → `Arc<Session>`, bounded by `session.max_entries`
+//!   (least-used evicted first) and expiring `session.ttl` after the login.
+//!   Replacing a session (to remember a phone number) keeps its deadline.
+//! - recent keys: openid → the user's last session keys, kept only
+//!   `session.previous_key_ttl` after a login. The race it serves (the mini
+//!   program called `wx.login` during the phone callback) lasts minutes, so
+//!   the index holds recent logins only, not every session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{Session, SessionStore, SessionToken};
+use crate::config::SessionConfig;
+use crate::error::Error;
+use crate::weixin::crypto::SessionKey;
+
+/// At most this many keys per openid: the current one and two previous.
+const KEYS_KEPT: usize = 3;
+
+pub struct MemoryStore {
+    sessions: Cache<[u8; 16], Arc<Session>>,
+    keys: Cache<Box<str>, Arc<[SessionKey]>>,
+}
+
+/// A session expires `ttl` after its creation; an update keeps the deadline.
+struct SessionExpiry {
+    ttl: Duration,
+}
+
+impl Expiry<[u8; 16], Arc<Session>> for SessionExpiry {
+    fn expire_after_create(&self, _: &[u8; 16], session: &Arc<Session>, _: Instant) -> Option<Duration> {
+        let age = super::unix_now().saturating_sub(session.created_at);
+        Some(self.ttl.saturating_sub(Duration::from_secs(age)))
+    }
+}
+
+impl MemoryStore {
+    pub fn new(config: &SessionConfig) -> Self {
+        Self {
+            sessions: Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(SessionExpiry { ttl: config.ttl.get() })
+                .build(),
+            keys: Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(config.previous_key_ttl.get())
+                .build(),
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Arc<Session>>, Error>> {
+        async move { Ok(self.sessions.get(token.as_bytes()).await) }.boxed()
+    }
+
+    fn insert(&self, token: SessionToken, session: Arc<Session>) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.sessions.insert(*token.as_bytes(), session).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn record_key(&self, openid: &str, key: SessionKey) -> BoxFuture<'_, Result<(), Error>> {
+        let openid: Box<str> = openid.into();
+        async move {
+            // The update is not atomic across two concurrent logins of one
+            // user; losing one of two simultaneous keys only narrows the
+            // fallback, it never serves a wrong one.
+            let mut keys = vec![key];
+            if let Some(prev) = self.keys.get(&openid).await {
+                keys.extend(prev.iter().filter(|k| **k != key).take(KEYS_KEPT - 1));
+            }
+            self.keys.insert(openid, keys.into()).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>> {
+        let openid: Box<str> = openid.into();
+        async move { Ok(self.keys.get(&openid).await.map(|k| k.to_vec()).unwrap_or_default()) }.boxed()
+    }
+
+    fn len(&self) -> u64 {
+        self.sessions.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    fn session(openid: &str, key: SessionKey, created_at: u64) -> Arc<Session> {
+        Arc::new(Session {
+            openid: openid.into(),
+            unionid: None,
+            session_key: key,
+            created_at,
+            phone: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn sessions_are_found_by_token_only() {
+        let store = MemoryStore::new(&SessionConfig::default());
+        let t = SessionToken::generate();
+        store
+            .insert(t, session("o1", SessionKey::random(), super::super::unix_now()))
+            .await
+            .unwrap();
+        assert_eq!(&*store.get(t).await.unwrap().unwrap().openid, "o1");
+        assert!(store.get(SessionToken::generate()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sessions_expire_ttl_after_their_creation() {
+        let config = SessionConfig {
+            ttl: HumanDuration::secs(3600),
+            ..SessionConfig::default()
+        };
+        let store = MemoryStore::new(&config);
+        let t = SessionToken::generate();
+        // Created more than a ttl ago: already expired when stored.
+        store
+            .insert(t, session("o1", SessionKey::random(), super::super::unix_now() - 7200))
+            .await
+            .unwrap();
+        assert!(store.get(t).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn recent_keys_keep_the_last_three_newest_first() {
+        let store = MemoryStore::new(&SessionConfig::default());
+        let keys: Vec<SessionKey> = (0..4).map(|_| SessionKey::random()).collect();
+        for k in &keys {
+            store.record_key("o1", *k).await.unwrap();
+        }
+        store.record_key("o1", keys[3]).await.unwrap();
+        assert_eq!(store.recent_keys("o1").await.unwrap(), vec![keys[3], keys[2], keys[1]]);
+        assert!(store.recent_keys("o2").await.unwrap().is_empty());
+    }
+}
