@@ -393,7 +393,11 @@ impl Config {
         if let Err(e) = config.validate() {
             problems.extend(e.problems);
         }
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 
     /// Checks what the types alone cannot. Every problem names its key.
@@ -448,14 +452,14 @@ impl Config {
         if self.session.max_entries == 0 {
             p.push("session.max_entries: must be at least 1".into());
         }
-        let mut names = BTreeSet::new();
+        let mut names = BTreeMap::new();
         let session = ("session.header", self.session.header.as_str());
         for (key, name) in self.headers.all().into_iter().chain([session]) {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
                 p.push(format!("{key}: {name:?} is not a valid header name"));
-            } else if !names.insert(normalize_header_name(name)) {
+            } else if let Some(other) = names.insert(normalize_header_name(name), key) {
                 p.push(format!(
-                    "{key}: {name:?} is used by another key (after lower-casing and reading '_' as '-')"
+                    "{key}: {name:?} is the same header as {other} (names compare case-insensitively, '_' as '-')"
                 ));
             }
         }
@@ -572,7 +576,7 @@ fn check_keys(table: &mut toml::Table) -> Vec<String> {
         };
         t.retain(|key, v| {
             let mut single = toml::Table::new();
-            single.insert(key.clone(), v.clone());
+            single.insert(key.to_string(), v.clone());
             match T::deserialize(toml::Value::Table(single)) {
                 Ok(_) => true,
                 Err(e) => {
@@ -590,7 +594,7 @@ fn check_keys(table: &mut toml::Table) -> Vec<String> {
         true
     }
     let mut out = Vec::new();
-    table.retain(|section, value| match section.as_str() {
+    table.retain(|section, value| match section {
         "server" => each::<ServerConfig>(section, value, &mut out),
         "upstream" => each::<UpstreamConfig>(section, value, &mut out),
         "weixin" => each::<WeixinConfig>(section, value, &mut out),

@@ -1,0 +1,441 @@
+//! Test harness: the real wxgate, started in-process on 127.0.0.1:0, in front
+//! of an in-process mock upstream and the shipped fake WeChat.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use wxgate::config::{Config, Secret};
+use wxgate::fake::FakeWeixin;
+use wxgate::{Listeners, Running};
+
+pub const APPID: &str = "wx4f4bc4dec97d474b";
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// Everything wxgate logged in this test binary (tracing at trace level for
+/// wxgate's own targets).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let buf = LOGS.get_or_init(Default::default).clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("wxgate=trace")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(buf.clone()))
+            .try_init();
+    });
+}
+
+/// What the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Default)]
+pub struct Upstream {
+    pub addr: Option<SocketAddr>,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Upstream {
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("the upstream received a request")
+    }
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Starts the mock upstream. Routes:
+/// - `/upload`: streams the body through SHA-256, answers `{"len","sha256"}` (body not kept);
+/// - `/download?bytes=N`: streams N pattern bytes in 64 KiB chunks;
+/// - `/slow?ms=N`: answers after N ms;
+/// - `/hop`: answers with hop-by-hop headers;
+/// - `/ws`: WebSocket echo;
+/// - anything else: 200 `{"method","uri","headers"}` after keeping the request.
+pub async fn start_upstream() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream {
+        addr: Some(listener.local_addr().unwrap()),
+        ..Default::default()
+    };
+    let state = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            state.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| upstream_answer(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    up
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full_body(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect()
+}
+
+async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let record = |req: &Request<Incoming>, body: Bytes| Received {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+        body,
+    };
+    match path.as_str() {
+        "/upload" => {
+            let r = record(&req, Bytes::new());
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            let mut stream = BodyStream::new(req.into_body());
+            while let Some(frame) = stream.next().await {
+                let Ok(frame) = frame else { break };
+                if let Some(data) = frame.data_ref() {
+                    len += data.len() as u64;
+                    hasher.update(data);
+                }
+            }
+            state.received.lock().unwrap().push(r);
+            let out = json!({"len": len, "sha256": hex(&hasher.finalize())});
+            Ok(Response::new(full_body(out.to_string())))
+        }
+        "/download" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let total = param("bytes").unwrap_or(0);
+            let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
+                if sent >= total {
+                    return None;
+                }
+                let n = (total - sent).min(64 * 1024) as usize;
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(pattern(sent, n)))),
+                    sent + n as u64,
+                ))
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(chunks))))
+        }
+        "/slow" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(1000))).await;
+            Ok(Response::new(full_body("slow done")))
+        }
+        "/hop" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let mut res = Response::new(full_body("hop"));
+            let h = res.headers_mut();
+            h.insert(header::CONNECTION, "x-upstream-hop".parse().unwrap());
+            h.insert("x-upstream-hop", "1".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("proxy-connection", "keep-alive".parse().unwrap());
+            h.insert(header::TRAILER, "x-sum".parse().unwrap());
+            h.insert(header::UPGRADE, "h2c".parse().unwrap());
+            h.insert("x-end-to-end", "kept".parse().unwrap());
+            Ok(res)
+        }
+        "/ws" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let Some(key) = key else {
+                let mut res = Response::new(full_body("not a websocket"));
+                *res.status_mut() = StatusCode::BAD_REQUEST;
+                return Ok(res);
+            };
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else { return };
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                let (mut tx, mut rx) = ws.split();
+                while let Some(Ok(msg)) = rx.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        use futures_util::SinkExt;
+                        if tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut res = Response::new(full_body(Bytes::new()));
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+            h.insert(header::UPGRADE, "websocket".parse().unwrap());
+            h.insert("sec-websocket-accept", accept.parse().unwrap());
+            Ok(res)
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let r = Received {
+                method: parts.method.clone(),
+                uri: parts.uri.to_string(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            };
+            state.received.lock().unwrap().push(r);
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
+                .collect();
+            let out = json!({"method": parts.method.as_str(), "uri": parts.uri.to_string(), "headers": headers});
+            let mut res = Response::new(full_body(out.to_string()));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            Ok(res)
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running wxgate with its upstream and fake WeChat.
+pub struct Gate {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: Upstream,
+    pub fake: FakeWeixin,
+    pub fake_addr: SocketAddr,
+    pub config: Config,
+}
+
+pub fn base_config(upstream: SocketAddr, fake: SocketAddr) -> Config {
+    let mut c = Config::default();
+    c.upstream.url = format!("http://{upstream}");
+    c.upstream.timeout = wxgate::config::HumanDuration(Duration::from_secs(5));
+    c.weixin.appid = APPID.into();
+    c.weixin.secret = Secret::new(SECRET);
+    c.weixin.api_base = format!("http://{fake}");
+    c.weixin.timeout = wxgate::config::HumanDuration(Duration::from_secs(2));
+    c.server.workers = 2;
+    c
+}
+
+/// Starts wxgate (2 workers) in front of a fresh mock upstream and fake WeChat.
+pub async fn start(configure: impl FnOnce(&mut Config)) -> Gate {
+    init_logs();
+    let upstream = start_upstream().await;
+    let fake = FakeWeixin::new(APPID, SECRET);
+    let fake_addr = fake.spawn_local().await.unwrap();
+    let mut config = base_config(upstream.addr.unwrap(), fake_addr);
+    configure(&mut config);
+    config.validate().expect("test config is valid");
+    let listeners = Listeners::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        config.worker_count(),
+    )
+    .unwrap();
+    let running = wxgate::start_with(config.clone(), listeners).unwrap();
+    Gate {
+        addr: running.addr,
+        admin: running.admin_addr,
+        running: Some(running),
+        upstream,
+        fake,
+        fake_addr,
+        config,
+    }
+}
+
+impl Gate {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            r.stopped().await;
+        }
+    }
+
+    /// POST JSON, with an optional session token.
+    pub async fn post(&self, path: &str, session: Option<&str>, body: Value) -> Answer {
+        let mut b = Request::post(self.url(path)).header(header::CONTENT_TYPE, "application/json");
+        if let Some(s) = session {
+            b = b.header("x-wx-session", s);
+        }
+        send(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, session: Option<&str>) -> Answer {
+        let mut b = Request::get(self.url(path));
+        if let Some(s) = session {
+            b = b.header("x-wx-session", s);
+        }
+        send(b.body(Full::new(Bytes::new())).unwrap()).await
+    }
+
+    /// Logs in with `code` and returns the session token.
+    pub async fn login(&self, code: &str) -> String {
+        let a = self.post("/api/login", None, json!({"code": code})).await;
+        assert_eq!(a.status, 200, "login failed: {}", a.text());
+        a.session().expect("login answer has a session header")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        send(
+            Request::get(format!("http://{}{}", self.admin, path))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            // Detach: the threads end on their own once drained.
+        }
+    }
+}
+
+/// An HTTP answer, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn session(&self) -> Option<String> {
+        self.headers.get("x-wx-session").map(|v| v.to_str().unwrap().to_owned())
+    }
+    /// Asserts a wxgate JSON error.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let v = self.json();
+        assert_eq!(v["error"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert_eq!(self.headers[header::CONTENT_TYPE], "application/json");
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+        .clone()
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let res = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("request reached wxgate");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// The request the upstream got for the last call, as JSON headers.
+pub fn header_str<'a>(r: &'a Received, name: &str) -> Option<&'a str> {
+    r.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// Polls until `f` holds, for at most 5 s (metrics are flushed once a second).
+pub async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
