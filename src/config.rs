@@ -92,6 +92,9 @@ pub struct WeixinConfig {
     /// Time allowed for one call to WeChat.
     #[serde(with = "duration_str")]
     pub timeout: HumanDuration,
+    /// Most simultaneous calls (so connections) to WeChat per worker; more
+    /// wait their turn. Keeps a login storm from opening a connection per user.
+    pub max_connections: usize,
 }
 
 /// `[session]`: the sessions wxgate keeps after a login.
@@ -203,6 +206,7 @@ impl Default for WeixinConfig {
             secret: Secret::default(),
             api_base: "https://api.weixin.qq.com".into(),
             timeout: HumanDuration::secs(5),
+            max_connections: 32,
         }
     }
 }
@@ -214,6 +218,7 @@ impl fmt::Debug for WeixinConfig {
             .field("secret", &self.secret)
             .field("api_base", &self.api_base)
             .field("timeout", &self.timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -432,6 +437,9 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             p.push("server.max_body_bytes: must be at least 1".into());
+        }
+        if self.weixin.max_connections == 0 {
+            p.push("weixin.max_connections: must be at least 1".into());
         }
         if self.server.workers > 256 {
             p.push("server.workers: at most 256".into());

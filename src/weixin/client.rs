@@ -39,6 +39,8 @@ pub struct WeixinClient {
 }
 
 struct Inner {
+    /// Bounds simultaneous calls, so a burst reuses pooled connections.
+    permits: tokio::sync::Semaphore,
     base: String,
     appid: String,
     secret: Secret,
@@ -106,12 +108,14 @@ impl WeixinClient {
         };
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.max_connections)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
         Self {
             http,
             inner: Arc::new(Inner {
+                permits: tokio::sync::Semaphore::new(config.max_connections.max(1)),
                 base: config.api_base.trim_end_matches('/').to_owned(),
                 appid: config.appid.clone(),
                 secret: config.secret.clone(),
@@ -229,6 +233,12 @@ impl WeixinClient {
     async fn call(&self, api: &'static str, req: Request<Full<Bytes>>) -> Result<Value, Error> {
         let start = Instant::now();
         let result = tokio::time::timeout(self.inner.timeout, async {
+            let _permit = self
+                .inner
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| ("closed", Error::WeixinUnavailable))?;
             let res = self.http.request(req).await.map_err(|e| {
                 if e.is_connect() {
                     ("unreachable", Error::WeixinUnavailable)
