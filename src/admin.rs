@@ -72,8 +72,8 @@ pub async fn serve(
         let readiness = readiness.clone();
         let store = store.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let res = answer(&req, &readiness, store.as_ref());
-            async move { Ok::<_, Infallible>(res) }
+            let (readiness, store) = (readiness.clone(), store.clone());
+            async move { Ok::<_, Infallible>(answer(&req, &readiness, store.as_ref()).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let stop = stop.clone();
@@ -86,7 +86,7 @@ pub async fn serve(
     }
 }
 
-fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn SessionStore) -> Response<Full<Bytes>> {
+async fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn SessionStore) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, ctype: &'static str, body: String| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;
@@ -112,7 +112,7 @@ fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn SessionSto
             json(status, serde_json::json!({"status": readiness.state()}))
         }
         "/metrics" => {
-            metrics::set_sessions(store.len());
+            metrics::set_sessions(store.count().await);
             text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render())
         }
         _ => json(

@@ -90,8 +90,13 @@ impl SessionStore for MemoryStore {
         async move { Ok(self.keys.get(&openid).await.map(|k| k.to_vec()).unwrap_or_default()) }.boxed()
     }
 
-    fn len(&self) -> u64 {
-        self.sessions.entry_count()
+    fn count(&self) -> BoxFuture<'_, u64> {
+        async move {
+            // moka counts lazily: settle pending inserts and expiries first.
+            self.sessions.run_pending_tasks().await;
+            self.sessions.entry_count()
+        }
+        .boxed()
     }
 }
 

@@ -116,12 +116,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// current one and the two before it).
     fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>>;
 
-    /// Live sessions (approximate), for the metrics.
-    fn len(&self) -> u64;
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    /// Live sessions, for the metrics (may first settle pending evictions).
+    fn count(&self) -> BoxFuture<'_, u64>;
 }
 
 /// Unix time in seconds.
