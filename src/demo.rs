@@ -91,14 +91,30 @@ async fn walk() -> Result<(), DemoError> {
         &session[..6]
     );
     show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-openid").is_some(),
+        "the login reached the backend without an openid",
+    )?;
 
     println!("2. A later request with the session header:  GET /api/orders?page=1");
     let (_, _, json) = send(Method::GET, "/api/orders?page=1", Some(&session), None, None).await?;
     show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-openid").is_some(),
+        "the session did not give an identity",
+    )?;
+    check(
+        backend_header(&json, "x-wx-session").is_none(),
+        "the session token reached the backend",
+    )?;
 
     println!("3. A forged identity header is removed:  GET /api/orders with X_WX_OPENID: admin and no session");
     let (_, _, json) = send(Method::GET, "/api/orders", None, Some(("X_WX_OPENID", "admin")), None).await?;
     show_backend(&json);
+    check(
+        json["headers"].get("x_wx_openid").is_none(),
+        "a forged identity header reached the backend",
+    )?;
 
     println!("4. The getPhoneNumber button (legacy flow):  POST /api/phone {{encryptedData, iv}}");
     let minted = fake.mint_phone(&MintRequest {
@@ -113,21 +129,38 @@ async fn walk() -> Result<(), DemoError> {
     let (status, _, json) = send(Method::POST, "/api/phone", Some(&session), None, Some(body)).await?;
     println!("   wxgate decrypted it with the session key only it holds ({status})");
     show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-phone-number") == Some("13800138000"),
+        "no phone number from encryptedData",
+    )?;
 
     println!("5. The getPhoneNumber button (base library >= 2.21.2):  POST /api/phone {{\"code\": ...}}");
     let body = json!({"code": "phone:13900139000"});
     let (status, _, json) = send(Method::POST, "/api/phone", Some(&session), None, Some(body)).await?;
     println!("   wxgate exchanged the phone code with WeChat ({status})");
     show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-phone-number") == Some("13900139000"),
+        "no phone number from the code",
+    )?;
 
     println!("6. Without a session, the phone route asks for a login:");
     let (status, _, json) = send(Method::POST, "/api/phone", None, None, Some(json!({"code": "phone:1"}))).await?;
     println!("   {status} {json}\n");
+    check(status == 401, "the phone route answered without a session")?;
 
     running.shutdown();
     running.stopped().await;
     println!("Done. The backend never saw the AppSecret, a session_key or the session token.");
     Ok(())
+}
+
+fn check(ok: bool, what: &str) -> Result<(), DemoError> {
+    if ok { Ok(()) } else { Err(what.into()) }
+}
+
+fn backend_header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo.get("headers")?.get(name)?.as_str()
 }
 
 fn show_backend(echo: &Value) {
