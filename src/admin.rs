@@ -121,3 +121,19 @@ async fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn Sess
         ),
     }
 }
+
+/// GETs `url` (plain HTTP) and succeeds on a 200: `wxgate healthcheck`, for
+/// images without a shell or curl.
+pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use http_body_util::Empty;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let req = Request::get(uri).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(res)) if res.status() == StatusCode::OK => Ok(()),
+        Ok(Ok(res)) => Err(format!("answered {}", res.status())),
+        Ok(Err(e)) => Err(format!("unreachable: {e}")),
+        Err(_) => Err("no answer in time".into()),
+    }
+}

@@ -55,6 +55,13 @@ enum Command {
     /// Run wxgate, the fake WeChat and an echo backend in one process and walk
     /// through login, an authenticated request and a phone number.
     Demo,
+    /// Probe a running wxgate's admin endpoint (for container health checks):
+    /// exit 0 when it answers 200, 1 otherwise.
+    Healthcheck {
+        /// The admin URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+    },
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -81,6 +88,7 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, "info");
             fake_weixin(listen, appid, secret)
         }
+        Some(Command::Healthcheck { ref url }) => healthcheck(url),
         Some(Command::Demo) => {
             init_logging(cli.log_format, "warn");
             match wxgate::demo::run() {
@@ -163,6 +171,23 @@ fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fake WeChat failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(wxgate::admin::probe(url, std::time::Duration::from_secs(3))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
             ExitCode::FAILURE
         }
     }
