@@ -201,7 +201,7 @@ impl State {
         metrics::phone(flow, "ok");
         tracing::info!(openid = %current.session.openid, phone = %mask_phone(&phone.phone_number), flow, "phone number established");
 
-        if self.remember && current.session.phone.as_ref() != Some(&phone) {
+        if self.remember && current.session.phone.as_deref() != Some(&phone) {
             let session = Session {
                 phone: Some(phone.clone()),
                 ..Session::clone(&current.session)

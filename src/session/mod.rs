@@ -84,7 +84,9 @@ pub struct Session {
     pub session_key: SessionKey,
     /// Unix seconds of the login.
     pub created_at: u64,
-    pub phone: Option<PhoneNumber>,
+    /// Boxed: most sessions never get one, and a million sessions should not
+    /// each carry its room.
+    pub phone: Option<Box<PhoneNumber>>,
 }
 
 impl fmt::Debug for Session {

@@ -18,7 +18,19 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::metrics;
-use crate::weixin::client::WeixinClient;
+use crate::weixin::client::{AccessToken, WeixinClient};
+
+/// Where tokens come from: WeChat's stable_token in production, a stub in tests.
+pub trait TokenSource {
+    /// Fetches a token; `force_refresh` invalidates the current one at WeChat.
+    fn fetch(&self, force_refresh: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send;
+}
+
+impl TokenSource for WeixinClient {
+    fn fetch(&self, force_refresh: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send {
+        self.stable_token(force_refresh)
+    }
+}
 
 /// Refresh this long before WeChat's expiry (or at half the lifetime, when
 /// WeChat gives a short one).
@@ -57,7 +69,7 @@ impl AccessTokenProvider {
     }
 
     /// A valid token, fetching one if needed.
-    pub async fn get(&self, client: &WeixinClient) -> Result<Arc<str>, Error> {
+    pub async fn get(&self, client: &impl TokenSource) -> Result<Arc<str>, Error> {
         let now = Instant::now();
         if let Some(c) = self.current() {
             if now < c.refresh_at {
@@ -90,7 +102,7 @@ impl AccessTokenProvider {
     }
 
     /// WeChat rejected `rejected`: returns a token to retry with.
-    pub async fn refresh_after_rejection(&self, client: &WeixinClient, rejected: &str) -> Result<Arc<str>, Error> {
+    pub async fn refresh_after_rejection(&self, client: &impl TokenSource, rejected: &str) -> Result<Arc<str>, Error> {
         let _guard = self.fetch.lock().await;
         match self.current() {
             Some(c) if &*c.token != rejected && Instant::now() < c.expires_at => Ok(c.token),
@@ -101,11 +113,11 @@ impl AccessTokenProvider {
 
     async fn fetch_and_store(
         &self,
-        client: &WeixinClient,
+        client: &impl TokenSource,
         force: bool,
         reason: &'static str,
     ) -> Result<Arc<str>, Error> {
-        let fetched = client.stable_token(force).await?;
+        let fetched = client.fetch(force).await?;
         metrics::access_token_fetch(reason);
         let now = Instant::now();
         let life = Duration::from_secs(fetched.expires_in.max(1));
@@ -116,5 +128,90 @@ impl AccessTokenProvider {
             expires_at: now + life,
         });
         Ok(fetched.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Hands out "t1", "t2"... with the given lifetime, counting fetches.
+    #[derive(Default)]
+    struct Stub {
+        fetches: AtomicU64,
+        forced: AtomicU64,
+        expires_in: u64,
+    }
+
+    impl TokenSource for Stub {
+        fn fetch(&self, force: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send {
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            if force {
+                self.forced.fetch_add(1, Ordering::SeqCst);
+            }
+            let expires_in = self.expires_in;
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(AccessToken {
+                    token: format!("t{n}").into(),
+                    expires_in,
+                })
+            }
+        }
+    }
+
+    fn stub(expires_in: u64) -> Stub {
+        Stub {
+            expires_in,
+            ..Stub::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_fetch_and_the_token_is_cached() {
+        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+        let all = futures_util::future::join_all((0..50).map(|_| p.get(&s))).await;
+        assert!(all.iter().all(|t| t.as_ref().is_ok_and(|t| &**t == "t1")));
+        tokio::time::advance(Duration::from_secs(7200 - 301)).await;
+        assert_eq!(&*p.get(&s).await.unwrap(), "t1");
+        assert_eq!(s.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_token_is_refreshed_ahead_of_expiry() {
+        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+        assert_eq!(&*p.get(&s).await.unwrap(), "t1");
+        // Inside the margin, before expiry: refreshed, without waiting for expiry.
+        tokio::time::advance(Duration::from_secs(7200 - 200)).await;
+        assert_eq!(&*p.get(&s).await.unwrap(), "t2");
+        assert_eq!(s.forced.load(Ordering::SeqCst), 0);
+        // Past expiry with no refresh, a caller waits for a new one.
+        tokio::time::advance(Duration::from_secs(7201)).await;
+        assert_eq!(&*p.get(&s).await.unwrap(), "t3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_forces_one_refresh_only_for_the_cached_token() {
+        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+        let t1 = p.get(&s).await.unwrap();
+        // Many requests saw t1 rejected at once: one forced refresh.
+        let all = futures_util::future::join_all((0..10).map(|_| p.refresh_after_rejection(&s, &t1))).await;
+        assert!(all.iter().all(|t| t.as_ref().is_ok_and(|t| &**t == "t2")));
+        assert_eq!(s.forced.load(Ordering::SeqCst), 1);
+        // A stale rejection of t1 does not force again.
+        assert_eq!(&*p.refresh_after_rejection(&s, &t1).await.unwrap(), "t2");
+        assert_eq!(s.forced.load(Ordering::SeqCst), 1);
+        assert_eq!(s.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_lifetime_refreshes_at_half_life() {
+        let (p, s) = (AccessTokenProvider::new(), stub(60));
+        assert_eq!(&*p.get(&s).await.unwrap(), "t1");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(&*p.get(&s).await.unwrap(), "t1");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(&*p.get(&s).await.unwrap(), "t2");
     }
 }
