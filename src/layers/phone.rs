@@ -203,7 +203,7 @@ impl State {
 
         if self.remember && current.session.phone.as_deref() != Some(&phone) {
             let session = Session {
-                phone: Some(phone.clone()),
+                phone: Some(Box::new(phone.clone())),
                 ..Session::clone(&current.session)
             };
             if let Err(e) = self.store.insert(current.token, Arc::new(session)).await {
