@@ -21,14 +21,14 @@
 //! here, as JSON, through [`Error::into_response`].
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use moka::future::Cache;
 use serde_json::Value;
-use tower::{Layer, Service};
+use tower::Service;
+
+use crate::layers::route::{Route, RouteHandler, RouteLayer};
 
 use crate::body::{self, Body};
 use crate::config::{Config, LoginMode};
@@ -62,12 +62,12 @@ impl LoginShared {
     }
 }
 
-#[derive(Clone)]
-pub struct LoginLayer {
-    state: Arc<State>,
-}
+/// The login route as a layer.
+pub type LoginLayer = RouteLayer<LoginRoute>;
+/// The login route's service.
+pub type Login<S> = Route<S, LoginRoute>;
 
-struct State {
+pub struct LoginRoute {
     path: Box<str>,
     mode: LoginMode,
     max_body: u64,
@@ -78,7 +78,7 @@ struct State {
     headers: Arc<IdentityHeaders>,
 }
 
-impl LoginLayer {
+impl RouteLayer<LoginRoute> {
     pub fn new(
         config: &Config,
         shared: Arc<LoginShared>,
@@ -86,70 +86,40 @@ impl LoginLayer {
         weixin: WeixinClient,
         headers: Arc<IdentityHeaders>,
     ) -> Self {
-        Self {
-            state: Arc::new(State {
-                path: config.login.path.as_str().into(),
-                mode: config.login.mode,
-                max_body: config.server.max_body_bytes,
-                ttl_secs: config.session.ttl.get().as_secs(),
-                shared,
-                store,
-                weixin,
-                headers,
-            }),
-        }
+        Self::from_handler(LoginRoute {
+            path: config.login.path.as_str().into(),
+            mode: config.login.mode,
+            max_body: config.server.max_body_bytes,
+            ttl_secs: config.session.ttl.get().as_secs(),
+            shared,
+            store,
+            weixin,
+            headers,
+        })
     }
 }
 
-impl<S> Layer<S> for LoginLayer {
-    type Service = Login<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Login {
-            inner,
-            state: self.state.clone(),
-        }
+impl RouteHandler for LoginRoute {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    async fn handle<S>(self: Arc<Self>, inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Send + 'static,
+        S::Future: Send,
+    {
+        let result = self.login(inner, req).await;
+        metrics::login(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        });
+        result
     }
 }
 
-#[derive(Clone)]
-pub struct Login<S> {
-    inner: S,
-    state: Arc<State>,
-}
-
-impl<S> Service<Request<Body>> for Login<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if req.uri().path() != &*self.state.path {
-            return Either::Left(self.inner.call(req));
-        }
-        let state = self.state.clone();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Either::Right(Box::pin(async move {
-            let result = state.handle(inner, req).await;
-            metrics::login(match &result {
-                Ok(_) => "ok",
-                Err(e) => e.code(),
-            });
-            result
-        }))
-    }
-}
-
-impl State {
-    async fn handle<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
+impl LoginRoute {
+    async fn login<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
     {

@@ -5,4 +5,5 @@ pub mod access_log;
 pub mod identity;
 pub mod login;
 pub mod phone;
+pub mod route;
 pub mod strip_identity;

@@ -18,13 +18,13 @@
 //!   backend.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either};
 use http::{Method, Request, Response, header};
 use serde_json::Value;
-use tower::{Layer, Service};
+use tower::Service;
+
+use crate::layers::route::{Route, RouteHandler, RouteLayer};
 
 use crate::body::{self, Body};
 use crate::config::{Config, ForwardBody};
@@ -39,12 +39,12 @@ use crate::weixin::token::AccessTokenProvider;
 /// Fields removed from the forwarded body with `forward_body = "strip"`.
 const ENCRYPTED_FIELDS: [&str; 4] = ["encryptedData", "iv", "code", "cloudID"];
 
-#[derive(Clone)]
-pub struct PhoneLayer {
-    state: Arc<State>,
-}
+/// The phone route as a layer.
+pub type PhoneLayer = RouteLayer<PhoneRoute>;
+/// The phone route's service.
+pub type Phone<S> = Route<S, PhoneRoute>;
 
-struct State {
+pub struct PhoneRoute {
     path: Box<str>,
     appid: Box<str>,
     max_body: u64,
@@ -57,7 +57,7 @@ struct State {
     headers: Arc<IdentityHeaders>,
 }
 
-impl PhoneLayer {
+impl RouteLayer<PhoneRoute> {
     pub fn new(
         config: &Config,
         store: Arc<dyn SessionStore>,
@@ -65,60 +65,18 @@ impl PhoneLayer {
         tokens: Arc<AccessTokenProvider>,
         headers: Arc<IdentityHeaders>,
     ) -> Self {
-        Self {
-            state: Arc::new(State {
-                path: config.phone.path.as_str().into(),
-                appid: config.weixin.appid.as_str().into(),
-                max_body: config.server.max_body_bytes,
-                max_age: config.phone.max_age.map(|d| d.get().as_secs()),
-                remember: config.phone.remember,
-                forward_body: config.phone.forward_body,
-                store,
-                weixin,
-                tokens,
-                headers,
-            }),
-        }
-    }
-}
-
-impl<S> Layer<S> for PhoneLayer {
-    type Service = Phone<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Phone {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Phone<S> {
-    inner: S,
-    state: Arc<State>,
-}
-
-impl<S> Service<Request<Body>> for Phone<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if req.uri().path() != &*self.state.path {
-            return Either::Left(self.inner.call(req));
-        }
-        let state = self.state.clone();
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Either::Right(Box::pin(async move { state.handle(inner, req).await }))
+        Self::from_handler(PhoneRoute {
+            path: config.phone.path.as_str().into(),
+            appid: config.weixin.appid.as_str().into(),
+            max_body: config.server.max_body_bytes,
+            max_age: config.phone.max_age.map(|d| d.get().as_secs()),
+            remember: config.phone.remember,
+            forward_body: config.phone.forward_body,
+            store,
+            weixin,
+            tokens,
+            headers,
+        })
     }
 }
 
@@ -161,8 +119,22 @@ pub fn parse_request(body: &[u8]) -> Result<PhoneRequest, Error> {
     Ok(PhoneRequest { encrypted, code })
 }
 
-impl State {
-    async fn handle<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
+impl RouteHandler for PhoneRoute {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    async fn handle<S>(self: Arc<Self>, inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Send + 'static,
+        S::Future: Send,
+    {
+        self.phone(inner, req).await
+    }
+}
+
+impl PhoneRoute {
+    async fn phone<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
     {
