@@ -42,6 +42,8 @@ pub enum Error {
     NoPhoneNumber,
     #[error("the client closed the connection or sent a broken body")]
     ClientBody,
+    #[error("wxgate is a reverse proxy: CONNECT tunnels are not supported")]
+    ConnectNotSupported,
 
     // --- WeChat ---
     #[error("WeChat rejected the code (errcode {errcode}): call wx.login again")]
@@ -84,7 +86,8 @@ impl Error {
             | WatermarkMismatch
             | WatermarkExpired
             | NoPhoneNumber
-            | ClientBody => Fault::Client,
+            | ClientBody
+            | ConnectNotSupported => Fault::Client,
             WeixinInvalidCode { .. }
             | UserBlocked
             | RateLimited
@@ -112,6 +115,7 @@ impl Error {
             WatermarkExpired => "watermark_expired",
             NoPhoneNumber => "no_phone_number",
             ClientBody => "client_body",
+            ConnectNotSupported => "not_implemented",
             UserBlocked => "user_blocked",
             RateLimited => "rate_limited",
             WeixinBusy => "weixin_busy",
@@ -134,6 +138,9 @@ impl Error {
             WeixinInvalidCode { .. } | SessionRequired | DecryptFailed => StatusCode::UNAUTHORIZED,
             WatermarkMismatch | WatermarkExpired | UserBlocked => StatusCode::FORBIDDEN,
             NoPhoneNumber => StatusCode::UNPROCESSABLE_ENTITY,
+            // 501, not 405: a 405 must list the allowed methods, and every
+            // other method is the upstream's to allow.
+            ConnectNotSupported => StatusCode::NOT_IMPLEMENTED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             WeixinBusy | WeixinUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             WeixinConfig { .. } | Weixin(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,

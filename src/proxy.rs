@@ -8,8 +8,13 @@
 //!   worker thread (see `server.rs`: the connection and the request stay on
 //!   one core).
 //! - `upstream.connect_timeout` bounds the TCP connect (502 after),
-//!   `upstream.timeout` bounds the wait for the response head (504 after);
-//!   bodies then stream for as long as they take.
+//!   `upstream.timeout` bounds the wait for the response head once the
+//!   request body has been sent (504 after): a long upload is not a slow
+//!   upstream, so the clock starts when the last body byte has gone. Bodies
+//!   then stream for as long as they take.
+//! - A client whose body breaks mid-stream (bad chunk, reset) gets a 400
+//!   `client_body`, not a 502: the upstream did nothing wrong.
+//! - `CONNECT` is refused (501): wxgate is a reverse proxy, not a tunnel.
 //! - HTTP Upgrade (WebSocket) gets a dedicated upstream connection: after
 //!   the upstream's `101 Switching Protocols` both sides are spliced together.
 //!
@@ -18,17 +23,22 @@
 //! `Trailer`, `Transfer-Encoding`, `Upgrade`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
@@ -54,7 +64,7 @@ struct Target {
 /// (and so its own connection pool).
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, Outgoing>,
     target: Arc<Target>,
 }
 
@@ -90,6 +100,9 @@ impl Proxy {
 
     /// Sends `req` upstream and returns the upstream's response, streaming.
     pub async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+        if req.method() == Method::CONNECT {
+            return Err(Error::ConnectNotSupported);
+        }
         let upgrade = is_upgrade(req.headers());
         let upgrade_proto = if upgrade {
             req.headers().get(header::UPGRADE).cloned()
@@ -100,8 +113,22 @@ impl Proxy {
         if upgrade {
             return self.forward_upgrade(req).await;
         }
-        let res = match tokio::time::timeout(self.target.timeout, self.client.request(req)).await {
+        let (req, mut sent) = Outgoing::wrap(req);
+        let request = self.client.request(req);
+        tokio::pin!(request);
+        // The response timeout runs from the end of the request body: until
+        // then, a slow answer may just be a long upload.
+        let (outcome, body_end) = tokio::select! {
+            biased;
+            res = &mut request => (Ok(res), sent.try_recv().ok()),
+            end = &mut sent => (tokio::time::timeout(self.target.timeout, &mut request).await, end.ok()),
+        };
+        let res = match outcome {
             Ok(Ok(res)) => res,
+            Ok(Err(_)) if body_end == Some(BodyEnd::ClientError) => {
+                tracing::debug!("the client's request body broke while it was forwarded");
+                return Err(Error::ClientBody);
+            }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "io" };
                 metrics::upstream_error(kind);
@@ -265,6 +292,71 @@ impl tower::Service<Request<Body>> for Proxy {
     }
 }
 
+/// How a request body forwarded upstream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    /// Every byte went upstream.
+    Complete,
+    /// The client's body failed (a broken chunk, a reset connection).
+    ClientError,
+}
+
+/// The request body on its way upstream. It reports, once, how it ended, so
+/// that [`Proxy::forward`] starts the response timeout when the upload is
+/// done and can tell a client's broken body from an upstream failure.
+/// Frames pass through untouched: the body stays streamed.
+struct Outgoing {
+    inner: Body,
+    ended: Option<oneshot::Sender<BodyEnd>>,
+}
+
+impl Outgoing {
+    fn wrap(req: Request<Body>) -> (Request<Outgoing>, oneshot::Receiver<BodyEnd>) {
+        let (tx, rx) = oneshot::channel();
+        let req = req.map(|inner| {
+            let mut body = Outgoing { inner, ended: Some(tx) };
+            // hyper never polls a body that is already at its end.
+            if http_body::Body::is_end_stream(&body.inner) {
+                body.report(BodyEnd::Complete);
+            }
+            body
+        });
+        (req, rx)
+    }
+
+    fn report(&mut self, end: BodyEnd) {
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(end);
+        }
+    }
+}
+
+impl http_body::Body for Outgoing {
+    type Data = Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => self.report(BodyEnd::Complete),
+            Some(Err(_)) => self.report(BodyEnd::ClientError),
+            // With a Content-Length, hyper stops polling after the last byte
+            // instead of waiting for `None`.
+            Some(Ok(_)) if self.inner.is_end_stream() => self.report(BodyEnd::Complete),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -327,12 +419,19 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
+/// Appends the client's address to the X-Forwarded-For chain. Several
+/// client lines are one list (RFC 9110 §5.3), so they are joined, not lost.
 fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
-    let ip = addr.ip().to_canonical();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
-    };
+    let ip = addr.ip().to_canonical().to_string();
+    let value = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .chain([ip.as_str()])
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -377,6 +476,11 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
         append_forwarded_for(&mut h, "[::ffff:10.0.0.2]:1".parse().unwrap());
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
+        h.append(X_FORWARDED_FOR, " 10.0.0.3 ".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "".parse().unwrap());
+        append_forwarded_for(&mut h, "10.0.0.4:1".parse().unwrap());
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct Received {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields of a chunked body (echo route only).
+    pub trailers: HeaderMap,
 }
 
 #[derive(Clone, Default)]
@@ -74,6 +76,7 @@ pub struct Upstream {
     pub addr: Option<SocketAddr>,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<std::sync::atomic::AtomicU64>,
+    upload_progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstream {
@@ -89,14 +92,21 @@ impl Upstream {
     pub fn connections(&self) -> u64 {
         self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
+    /// Body bytes `/upload` has read so far, over all its requests.
+    pub fn upload_progress(&self) -> u64 {
+        self.upload_progress.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Starts the mock upstream. Routes:
-/// - `/upload`: streams the body through SHA-256, answers `{"len","sha256"}` (body not kept);
+/// - `/upload`: streams the body through SHA-256, answers `{"len","sha256"}` (body not kept;
+///   [`Upstream::upload_progress`] counts the bytes as they arrive);
 /// - `/download?bytes=N`: streams N pattern bytes in 64 KiB chunks;
 /// - `/slow?ms=N`: answers after N ms;
 /// - `/hop`: answers with hop-by-hop headers;
 /// - `/ws`: WebSocket echo;
+/// - `/rich`: 201 with [`RICH_BODY`] (every byte value) and end-to-end headers: two
+///   `set-cookie`, `x-multi` twice, a value with obs-text, `etag`, `content-type`;
 /// - anything else: 200 `{"method","uri","headers"}` after keeping the request.
 pub async fn start_upstream() -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,6 +159,7 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
         version: req.version(),
         headers: req.headers().clone(),
         body,
+        trailers: HeaderMap::new(),
     };
     match path.as_str() {
         "/upload" => {
@@ -161,6 +172,9 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
                 if let Some(data) = frame.data_ref() {
                     len += data.len() as u64;
                     hasher.update(data);
+                    state
+                        .upload_progress
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             state.received.lock().unwrap().push(r);
@@ -186,6 +200,15 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
             state.received.lock().unwrap().push(record(&req, Bytes::new()));
             tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(1000))).await;
             Ok(Response::new(full_body("slow done")))
+        }
+        "/rich" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let mut res = Response::new(full_body(RICH_BODY.as_slice()));
+            *res.status_mut() = StatusCode::CREATED;
+            for (name, value) in rich_headers() {
+                res.headers_mut().append(name, value);
+            }
+            Ok(res)
         }
         "/hop" => {
             state.received.lock().unwrap().push(record(&req, Bytes::new()));
@@ -238,13 +261,20 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
         }
         _ => {
             let (parts, body) = req.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let (body, trailers) = match body.collect().await {
+                Ok(c) => {
+                    let trailers = c.trailers().cloned().unwrap_or_default();
+                    (c.to_bytes(), trailers)
+                }
+                Err(_) => Default::default(),
+            };
             let r = Received {
                 method: parts.method.clone(),
                 uri: parts.uri.to_string(),
                 version: parts.version,
                 headers: parts.headers.clone(),
                 body: body.clone(),
+                trailers,
             };
             state.received.lock().unwrap().push(r);
             let headers: serde_json::Map<String, Value> = parts
@@ -264,6 +294,32 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
             Ok(res)
         }
     }
+}
+
+/// The body of `/rich`: every byte value, twice.
+pub static RICH_BODY: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| (0..512u32).map(|i| i as u8).collect());
+
+/// The headers of `/rich`, in order.
+pub fn rich_headers() -> Vec<(header::HeaderName, header::HeaderValue)> {
+    [
+        ("content-type", &b"application/octet-stream"[..]),
+        ("set-cookie", b"a=1; Path=/; HttpOnly"),
+        ("set-cookie", b"b=2; Path=/api"),
+        ("x-multi", b"first"),
+        ("x-multi", b"second,  with spaces"),
+        ("x-obs-text", b"caf\xe9 \xe4\xb8\xad"),
+        ("etag", b"\"v1\""),
+        ("cache-control", b"private, max-age=60"),
+    ]
+    .into_iter()
+    .map(|(n, v)| {
+        (
+            header::HeaderName::from_static(n),
+            header::HeaderValue::from_bytes(v).unwrap(),
+        )
+    })
+    .collect()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
