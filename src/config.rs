@@ -68,8 +68,9 @@ pub struct UpstreamConfig {
     /// Time allowed to open a TCP connection to the backend (502 after).
     #[serde(with = "duration_str")]
     pub connect_timeout: HumanDuration,
-    /// Time allowed for the backend to answer with its response head (504
-    /// after). Bodies then stream for as long as they take.
+    /// Time allowed for the backend to answer with its response head once the
+    /// request body has been sent (504 after): uploads are not timed. Bodies
+    /// then stream for as long as they take.
     #[serde(with = "duration_str")]
     pub timeout: HumanDuration,
     /// How long an idle pooled connection to the backend is kept.
@@ -429,7 +430,8 @@ impl Config {
         if let Err(e) = parse_base_url(&self.weixin.api_base, &["http", "https"]) {
             p.push(format!("weixin.api_base: {e}"));
         }
-        if self.server.listen == self.server.admin_listen {
+        // Port 0 asks the OS for a free port, different for each listener.
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             p.push(
                 "server.admin_listen: must differ from server.listen (admin endpoints never share the public port)"
                     .into(),
@@ -589,7 +591,9 @@ fn check_keys(table: &mut toml::Table) -> Vec<String> {
                 Ok(_) => true,
                 Err(e) => {
                     let msg = e.to_string();
-                    let msg = msg.trim();
+                    // toml appends "\nin `key`": the key is named already, and
+                    // each problem stays on one line.
+                    let msg = msg.split("\nin `").next().unwrap_or_default().trim();
                     if msg.starts_with("unknown field") {
                         out.push(format!("{section}.{key}: unknown key ({msg})"));
                     } else {
@@ -761,6 +765,15 @@ mod tests {
     fn secrets_do_not_debug_print() {
         let c = load(MINIMAL, &[]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn listeners_must_differ_unless_the_os_picks_the_ports() {
+        let same = format!("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n{MINIMAL}");
+        let e = load(&same, &[]).unwrap_err().to_string();
+        assert!(e.contains("server.admin_listen"), "{e}");
+        let ephemeral = same.replace(":9000", ":0");
+        assert!(load(&ephemeral, &[]).is_ok());
     }
 
     #[test]

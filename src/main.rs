@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,8 +67,11 @@ enum Command {
 
 fn init_logging(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only on a terminal: escape codes in a log collector's lines
+    // make them unreadable and unsearchable.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -128,6 +132,22 @@ fn run(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Signal handlers go in before wxgate can report ready: a SIGTERM from
+    // then on must drain, not kill.
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let (rt, signal) = match signals.and_then(|rt| {
+        let signal = {
+            let _context = rt.enter();
+            wxgate::server::shutdown_signal()?
+        };
+        Ok((rt, signal))
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match wxgate::start(config) {
         Ok(r) => r,
         Err(e) => {
@@ -135,14 +155,7 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    match signals {
-        Ok(rt) => rt.block_on(wxgate::server::shutdown_signal()),
-        Err(e) => {
-            eprintln!("cannot wait for signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
+    rt.block_on(signal);
     running.shutdown();
     running.join();
     tracing::info!("stopped");
@@ -165,7 +178,7 @@ fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         tracing::info!(addr = %listener.local_addr()?, appid, "fake WeChat listening");
-        fake.serve(listener, wxgate::server::shutdown_signal()).await
+        fake.serve(listener, wxgate::server::shutdown_signal()?).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

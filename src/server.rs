@@ -314,27 +314,31 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-/// A future that resolves when SIGTERM or SIGINT arrives.
-pub fn shutdown_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+/// Listens for SIGTERM and SIGINT from now on; the future resolves when one
+/// arrives.
+///
+/// The handlers are installed by this call, not when the future is first
+/// polled: until then SIGTERM's default action kills the process, so a
+/// SIGTERM sent as soon as `/readyz` answers 200 would skip the drain and
+/// exit by signal. Call it before starting wxgate, within a tokio runtime
+/// context (`Runtime::enter`).
+pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
             }
-        }
-        #[cfg(not(unix))]
-        {
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(Box::pin(async {
             let _ = tokio::signal::ctrl_c().await;
-        }
-    })
+        }))
+    }
 }
