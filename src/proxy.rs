@@ -17,6 +17,7 @@
 //! - `CONNECT` is refused (501): wxgate is a reverse proxy, not a tunnel.
 //! - HTTP Upgrade (WebSocket) gets a dedicated upstream connection: after
 //!   the upstream's `101 Switching Protocols` both sides are spliced together.
+//!   Open tunnels count as in flight at shutdown (see [`tunnels`]).
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways: `Connection`
 //! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
@@ -39,6 +40,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
@@ -258,7 +260,7 @@ impl Proxy {
             return Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut res);
-        tokio::spawn(async move {
+        tunnels().spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
@@ -290,6 +292,20 @@ impl tower::Service<Request<Body>> for Proxy {
         let this = self.clone();
         Box::pin(async move { this.forward(req).await })
     }
+}
+
+thread_local! {
+    /// This worker thread's upgraded tunnels (WebSockets). A tunnel outlives
+    /// the HTTP connection it came from, so the server's graceful shutdown
+    /// cannot see it; the worker waits for these too, within
+    /// `server.shutdown_grace`. Thread-local because a worker is one thread
+    /// with one runtime: its tunnels are exactly the tasks spawned here.
+    static TUNNELS: TaskTracker = TaskTracker::new();
+}
+
+/// The open tunnels of the calling worker thread, for its shutdown.
+pub fn tunnels() -> TaskTracker {
+    TUNNELS.with(TaskTracker::clone)
 }
 
 /// How a request body forwarded upstream ended.

@@ -16,8 +16,8 @@
 //! # Shutdown
 //!
 //! [`Running::shutdown`] (wired to SIGTERM/SIGINT by `main`) flips `/readyz`
-//! to 503, stops accepting, lets in-flight requests finish within
-//! `server.shutdown_grace`, then closes what is left. The admin listener
+//! to 503, stops accepting, lets in-flight requests and open WebSocket
+//! tunnels finish within `server.shutdown_grace`, then closes what is left. The admin listener
 //! stays up until the workers are done, so health checks see the drain.
 
 use std::convert::Infallible;
@@ -287,9 +287,21 @@ async fn worker(
     }
     drop(listener);
     let grace = config.server.shutdown_grace.get();
+    // Upgraded tunnels (WebSockets) left their HTTP connection behind, so
+    // `graceful` does not see them: they are waited for separately.
+    let tunnels = crate::proxy::tunnels();
+    tunnels.close();
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.wait().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("worker drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace expired; closing remaining connections"),
+        _ = drained => tracing::debug!("worker drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(
+            ?grace,
+            open_tunnels = tunnels.len(),
+            "shutdown grace expired; closing remaining connections"
+        ),
     }
     flusher.abort();
     metrics::flush_local();
