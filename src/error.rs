@@ -44,6 +44,8 @@ pub enum Error {
     ClientBody,
     #[error("wxgate is a reverse proxy: CONNECT tunnels are not supported")]
     ConnectNotSupported,
+    #[error("wxgate forwards chunked request bodies only: send gzip or deflate as Content-Encoding instead")]
+    TransferCodingNotSupported,
 
     // --- WeChat ---
     #[error("WeChat rejected the code (errcode {errcode}): call wx.login again")]
@@ -68,6 +70,8 @@ pub enum Error {
     UpstreamUnavailable,
     #[error("the upstream backend did not answer in time")]
     UpstreamTimeout,
+    #[error("the upstream backend's answer cannot be forwarded: it used {0}")]
+    UpstreamProtocol(&'static str),
 
     // --- wxgate ---
     #[error("{0}")]
@@ -87,7 +91,8 @@ impl Error {
             | WatermarkExpired
             | NoPhoneNumber
             | ClientBody
-            | ConnectNotSupported => Fault::Client,
+            | ConnectNotSupported
+            | TransferCodingNotSupported => Fault::Client,
             WeixinInvalidCode { .. }
             | UserBlocked
             | RateLimited
@@ -96,7 +101,7 @@ impl Error {
             | Weixin(_)
             | WeixinUnavailable
             | WeixinTimeout => Fault::Weixin,
-            UpstreamUnavailable | UpstreamTimeout => Fault::Upstream,
+            UpstreamUnavailable | UpstreamTimeout | UpstreamProtocol(_) => Fault::Upstream,
             Internal(_) => Fault::Internal,
         }
     }
@@ -115,7 +120,7 @@ impl Error {
             WatermarkExpired => "watermark_expired",
             NoPhoneNumber => "no_phone_number",
             ClientBody => "client_body",
-            ConnectNotSupported => "not_implemented",
+            ConnectNotSupported | TransferCodingNotSupported => "not_implemented",
             UserBlocked => "user_blocked",
             RateLimited => "rate_limited",
             WeixinBusy => "weixin_busy",
@@ -125,6 +130,7 @@ impl Error {
             WeixinTimeout => "weixin_timeout",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            UpstreamProtocol(_) => "upstream_protocol",
             Internal(_) => "internal",
         }
     }
@@ -140,10 +146,10 @@ impl Error {
             NoPhoneNumber => StatusCode::UNPROCESSABLE_ENTITY,
             // 501, not 405: a 405 must list the allowed methods, and every
             // other method is the upstream's to allow.
-            ConnectNotSupported => StatusCode::NOT_IMPLEMENTED,
+            ConnectNotSupported | TransferCodingNotSupported => StatusCode::NOT_IMPLEMENTED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             WeixinBusy | WeixinUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            WeixinConfig { .. } | Weixin(_) | UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            WeixinConfig { .. } | Weixin(_) | UpstreamUnavailable | UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             WeixinTimeout | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -15,6 +15,8 @@
 //! - A client whose body breaks mid-stream (bad chunk, reset) gets a 400
 //!   `client_body`, not a 502: the upstream did nothing wrong.
 //! - `CONNECT` is refused (501): wxgate is a reverse proxy, not a tunnel.
+//!   So is a transfer coding other than `chunked` (gzip...) either way:
+//!   Transfer-Encoding is hop-by-hop, and hyper undoes only the chunking.
 //! - HTTP Upgrade (WebSocket) gets a dedicated upstream connection: after
 //!   the upstream's `101 Switching Protocols` both sides are spliced together.
 //!   Open tunnels count as in flight at shutdown (see [`tunnels`]).
@@ -105,6 +107,9 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err(Error::ConnectNotSupported);
         }
+        if has_transfer_coding_besides_chunked(req.headers()) {
+            return Err(Error::TransferCodingNotSupported);
+        }
         let upgrade = is_upgrade(req.headers());
         let upgrade_proto = if upgrade {
             req.headers().get(header::UPGRADE).cloned()
@@ -142,9 +147,7 @@ impl Proxy {
                 return Err(Error::UpstreamTimeout);
             }
         };
-        let (mut parts, incoming) = res.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)))
+        passable_response(res)
     }
 
     /// Rewrites the request for the upstream: URI, version, hop-by-hop
@@ -255,9 +258,7 @@ impl Proxy {
             }
         };
         if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (mut parts, incoming) = res.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)));
+            return passable_response(res);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut res);
         tunnels().spawn(async move {
@@ -379,6 +380,33 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The upstream's response, made fit for the client: hop-by-hop headers go.
+fn passable_response(res: Response<hyper::body::Incoming>) -> Result<Response<Body>, Error> {
+    // hyper removed the chunked framing; another coding (gzip) would reach
+    // the client as bytes nobody says how to decode.
+    if has_transfer_coding_besides_chunked(res.headers()) {
+        metrics::upstream_error("protocol");
+        return Err(Error::UpstreamProtocol("a transfer coding other than chunked"));
+    }
+    let (mut parts, incoming) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)))
+}
+
+/// True when Transfer-Encoding names a coding other than `chunked` (gzip,
+/// deflate...). hyper undoes only the chunked framing, and Transfer-Encoding
+/// is hop-by-hop, so such a body cannot be passed on faithfully (RFC 9112
+/// §6.1: a server SHOULD answer 501 to a coding it does not implement).
+fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+        })
+    })
+}
+
 /// True for an HTTP/1.1 request asking to switch protocols.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -497,6 +525,20 @@ mod tests {
         append_forwarded_for(&mut h, "10.0.0.4:1".parse().unwrap());
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4");
+    }
+
+    #[test]
+    fn only_chunked_transfer_coding_passes() {
+        let te = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::TRANSFER_ENCODING, v.parse().unwrap());
+            has_transfer_coding_besides_chunked(&h)
+        };
+        assert!(!has_transfer_coding_besides_chunked(&HeaderMap::new()));
+        assert!(!te("chunked"));
+        assert!(!te("Chunked"));
+        assert!(te("gzip, chunked"));
+        assert!(te("identity"));
     }
 
     #[test]

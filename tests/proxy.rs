@@ -1478,6 +1478,37 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_codings_other_than_chunked_are_refused_both_ways() {
+    let gate = gate(|_| {}).await;
+    // hyper would undo the chunking only, and the upstream would get gzip
+    // bytes with nothing saying so.
+    let out = raw(
+        gate.addr,
+        b"POST /gz HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_raw_error(&RawResponse::parse(&out).expect("an answer"), 501, "not_implemented");
+    assert_eq!(gate.upstream.count(), 0);
+
+    let up =
+        broken_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    let gz = gate_to(up).await;
+    gz.get("/gz", None).await.assert_error(502, "upstream_protocol");
+    // Plain chunked is fine.
+    let up = broken_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
+    let chunked = gate_to(up).await;
+    let a = chunked.get("/chunked", None).await;
+    assert_eq!((a.status.as_u16(), a.body.as_ref()), (200, &b"hello"[..]));
+    finish(chunked).await;
+    finish(gz).await;
+    finish(gate).await;
+}
+
+async fn gate_to(upstream: SocketAddr) -> Gate {
+    gate(|c| c.upstream.url = format!("http://{upstream}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_answered_not_tunnelled() {
     let gate = gate(|_| {}).await;
     let out = raw(
