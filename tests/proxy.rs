@@ -806,11 +806,12 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         r.headers
     );
 
-    // The token is not echoed back either.
+    // The token is not echoed back either, nor logged (wxgate logs at trace here).
     assert!(
         !String::from_utf8_lossy(&res).contains(&token),
         "the session token came back from the upstream"
     );
+    assert!(!logs().contains(&token), "a session token was logged");
     finish(gate).await;
 }
 
@@ -911,6 +912,32 @@ async fn custom_header_names_are_stripped_in_every_spelling() {
         }
         assert_eq!(values(&r.headers, "x-wx-openid"), ["ordinary"]);
     }
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_header_named_with_underscores_works_and_stays_here() {
+    let gate = gate(|c| c.session.header = "X_Session_Token".into()).await;
+    let a = gate.post("/api/login", None, json!({"code": "erin.1"})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let token = a.headers["x_session_token"].to_str().unwrap().to_owned();
+    let res = raw(
+        gate.addr,
+        format!("GET /u HTTP/1.1\r\nHost: h\r\nX_Session_Token: {token}\r\nx-session-token: spoof\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(RawResponse::parse(&res).unwrap().status, 200);
+    let r = gate.upstream.last();
+    assert_eq!(
+        values(&r.headers, "x-wx-openid"),
+        [wxgate::fake::FakeWeixin::openid_for("erin")]
+    );
+    assert!(
+        identity_like(&r.headers, &["x-session-token"]).is_empty(),
+        "{:?}",
+        r.headers
+    );
     finish(gate).await;
 }
 
@@ -1070,6 +1097,33 @@ async fn an_upstream_that_breaks_the_exchange_is_a_502_json() {
         let gate = gate_to(broken_upstream(answer).await).await;
         let a = gate.get("/x", None).await;
         a.assert_error(502, "upstream_unavailable");
+        finish(gate).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_body_never_yields_a_complete_looking_body() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ] {
+        let gate = gate_to(broken_upstream(answer).await).await;
+        let res = tokio::time::timeout(
+            Duration::from_secs(15),
+            client().request(Request::get(gate.url("/cut")).body(Full::new(Bytes::new())).unwrap()),
+        )
+        .await
+        .expect("a head within 15 s")
+        .expect("the head arrives");
+        assert_eq!(res.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(15), res.into_body().collect())
+            .await
+            .expect("the body ends within 15 s");
+        assert!(
+            body.is_err(),
+            "a cut body looked complete: {:?}",
+            body.map(|b| b.to_bytes())
+        );
         finish(gate).await;
     }
 }

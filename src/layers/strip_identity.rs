@@ -35,6 +35,9 @@ struct Names {
     strip: Vec<Box<[u8]>>,
     /// The session header: every spelling but the exact one goes.
     session: Box<[u8]>,
+    /// The exact one, as hyper presents it (lower case, `_` kept), so that a
+    /// configured `x_token` is read by the identity layer, not stripped.
+    session_exact: Box<[u8]>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +54,13 @@ impl StripIdentityLayer {
             .map(|(_, n)| normalize_header_name(n).into_bytes().into())
             .collect();
         let session = normalize_header_name(&config.session.header).into_bytes().into();
+        let session_exact = config.session.header.to_ascii_lowercase().into_bytes().into();
         Self {
-            names: Arc::new(Names { strip, session }),
+            names: Arc::new(Names {
+                strip,
+                session,
+                session_exact,
+            }),
         }
     }
 }
@@ -104,7 +112,8 @@ fn strip(headers: &mut HeaderMap, names: &Names) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let n = name.as_str().as_bytes();
-        let spoofed = names.strip.iter().any(|s| matches(n, s)) || (n != &*names.session && matches(n, &names.session));
+        let spoofed =
+            names.strip.iter().any(|s| matches(n, s)) || (n != &*names.session_exact && matches(n, &names.session));
         if spoofed {
             doomed.push(name.clone());
         }
@@ -150,5 +159,22 @@ mod tests {
         assert!(headers.contains_key("x-wx-session"));
         assert!(headers.contains_key("x-wx-openidx"));
         assert!(headers.contains_key("authorization"));
+    }
+
+    #[tokio::test]
+    async fn a_session_header_configured_with_underscores_is_kept_for_the_identity_layer() {
+        let mut config = Config::default();
+        config.session.header = "X_Token".into();
+        let svc = ServiceBuilder::new()
+            .layer(StripIdentityLayer::new(&config))
+            .service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req.headers().clone()) });
+        let req = Request::builder()
+            .header("x_token", "the credential")
+            .header("x-token", "another spelling")
+            .body(())
+            .unwrap();
+        let headers = svc.oneshot(req).await.unwrap();
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers["x_token"], "the credential");
     }
 }
