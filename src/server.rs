@@ -79,14 +79,18 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `workers` sockets on `listen` (SO_REUSEPORT) and one on
     /// `admin_listen`. Port 0 picks a free port shared by all workers.
+    /// Errors name the config key and the address, as config errors do.
     pub fn bind(listen: SocketAddr, admin_listen: SocketAddr, workers: usize) -> io::Result<Self> {
-        let first = reuseport_listener(listen)?;
+        let named = |key: &'static str, addr: SocketAddr| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{key} {addr}: {e}"))
+        };
+        let first = reuseport_listener(listen).map_err(named("server.listen", listen))?;
         let addr = first.local_addr()?;
         let mut public = vec![first];
         for _ in 1..workers.max(1) {
-            public.push(reuseport_listener(addr)?);
+            public.push(reuseport_listener(addr).map_err(named("server.listen", addr))?);
         }
-        let admin = std::net::TcpListener::bind(admin_listen)?;
+        let admin = std::net::TcpListener::bind(admin_listen).map_err(named("server.admin_listen", admin_listen))?;
         admin.set_nonblocking(true)?;
         Ok(Self { public, admin })
     }

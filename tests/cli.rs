@@ -494,3 +494,28 @@ fn a_bad_config_stops_the_run_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("weixin.secret"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_port_in_use_is_named_and_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (key, listen, admin) in [
+        ("server.listen", format!("127.0.0.1:{port}"), "127.0.0.1:0".to_string()),
+        (
+            "server.admin_listen",
+            "127.0.0.1:0".to_string(),
+            format!("127.0.0.1:{port}"),
+        ),
+    ] {
+        let config = TempConfig::new(&format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{VALID}"
+        ));
+        let out = run(wxgate().arg("--config").arg(&config.path));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{key} 127.0.0.1:{port}")),
+            "{key} not named:\n{stderr}"
+        );
+    }
+}
