@@ -447,6 +447,35 @@ fn remove_fixed_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Applies a client's `Connection` header where the hop it describes ends,
+/// before any layer adds a header: the headers it names go, and of its
+/// options only `upgrade` stays (so the proxy can still tunnel). Applied
+/// later, at the proxy, a client could name a header that wxgate itself sets
+/// (`Connection: x-wx-unionid`) and have wxgate's own value removed on the
+/// way to the upstream.
+pub fn apply_client_connection_header(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    let upgrade = is_upgrade(headers);
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
 fn remove_connection_listed(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return;
@@ -511,6 +540,27 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn the_client_connection_header_is_applied_keeping_only_upgrade() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Upgrade, X-WX-Unionid, close".parse().unwrap());
+        h.append(header::CONNECTION, "x-other".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-wx-unionid", "client".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        apply_client_connection_header(&mut h);
+        assert!(is_upgrade(&h));
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, upgrade".parse().unwrap());
+        apply_client_connection_header(&mut h);
+        assert!(h.is_empty(), "no Upgrade header: no upgrade, {h:?}");
     }
 
     #[test]

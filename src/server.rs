@@ -311,8 +311,10 @@ async fn worker(
     metrics::flush_local();
 }
 
-/// The per-connection hyper service: tags requests with the client address
-/// and hands them to the worker's stack.
+/// The per-connection hyper service: tags requests with the client address,
+/// applies the client's `Connection` header (it describes this hop only, so
+/// it is consumed here, before any layer adds headers) and hands them to the
+/// worker's stack.
 #[derive(Clone)]
 struct ConnService {
     stack: Stack,
@@ -326,6 +328,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ClientAddr(self.remote));
+        crate::proxy::apply_client_connection_header(req.headers_mut());
         self.stack.clone().call(req.map(http_body_util::Either::Left))
     }
 }

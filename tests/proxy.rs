@@ -367,6 +367,14 @@ async fn the_upstream_url_path_is_a_prefix() {
 // Large bodies are streamed both ways
 // ---------------------------------------------------------------------------
 
+#[test]
+fn the_test_pattern_is_i_mod_251() {
+    for (offset, len) in [(0u64, 0usize), (0, 1000), (250, 3), (1 << 40, 600)] {
+        let expected: Vec<u8> = (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect();
+        assert_eq!(pattern(offset, len), expected, "offset {offset}, len {len}");
+    }
+}
+
 const LARGE: u64 = 64 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
@@ -812,6 +820,36 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         "the session token came back from the upstream"
     );
     assert!(!logs().contains(&token), "a session token was logged");
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_remove_headers_that_wxgate_sets() {
+    let gate = gate(|_| {}).await;
+    let token = gate.login("unionbea.1").await;
+    // Naming wxgate's own headers as hop-by-hop must not take them away.
+    let res = raw(
+        gate.addr,
+        format!(
+            "GET /conn HTTP/1.1\r\nHost: h\r\nx-wx-session: {token}\r\n\
+             Connection: close, X-WX-Unionid, x-wx-openid, x-wx-appid, x-request-id, x-forwarded-for, x-forwarded-host, x-forwarded-proto\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(RawResponse::parse(&res).unwrap().status, 200);
+    let r = gate.upstream.last();
+    assert_eq!(
+        values(&r.headers, "x-wx-openid"),
+        [wxgate::fake::FakeWeixin::openid_for("unionbea")]
+    );
+    assert_eq!(values(&r.headers, "x-wx-unionid"), ["UFAKEunionbea"]);
+    assert_eq!(values(&r.headers, "x-wx-appid"), [APPID]);
+    assert_eq!(values(&r.headers, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(&r.headers, "x-forwarded-host"), ["h"]);
+    assert_eq!(values(&r.headers, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&r.headers, "x-request-id").len(), 1);
+    assert!(r.headers.get("connection").is_none());
     finish(gate).await;
 }
 
@@ -1270,7 +1308,7 @@ async fn admin_endpoints_answer_on_the_admin_port_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_are_a_gauge() {
     let gate = gate(|_| {}).await;
-    let url = gate.url("/slow?ms=3000");
+    let url = gate.url("/slow?ms=2000");
     let slow = tokio::spawn(async move { send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await });
     assert!(eventually(async || gate.upstream.count() == 1).await);
     let mut last = String::new();
