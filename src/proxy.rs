@@ -10,8 +10,10 @@
 //! - `upstream.connect_timeout` bounds the TCP connect (502 after),
 //!   `upstream.timeout` bounds the wait for the response head once the
 //!   request body has been sent (504 after): a long upload is not a slow
-//!   upstream, so the clock starts when the last body byte has gone. Bodies
-//!   then stream for as long as they take.
+//!   upstream, so the clock starts when the last body byte has gone. While
+//!   the body streams, an upstream that takes none of it for
+//!   `upstream.timeout` is a stalled one (504 too). Bodies then stream for as
+//!   long as they take.
 //! - A client whose body breaks mid-stream (bad chunk, reset) gets a 400
 //!   `client_body`, not a 502: the upstream did nothing wrong.
 //! - `CONNECT` is refused (501): wxgate is a reverse proxy, not a tunnel.
@@ -28,6 +30,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -120,29 +123,41 @@ impl Proxy {
         if upgrade {
             return self.forward_upgrade(req).await;
         }
-        let (req, mut sent) = Outgoing::wrap(req);
+        let (req, mut sent, progress) = Outgoing::wrap(req);
         let request = self.client.request(req);
         tokio::pin!(request);
+        let timeout = self.target.timeout;
         // The response timeout runs from the end of the request body: until
-        // then, a slow answer may just be a long upload.
-        let (outcome, body_end) = tokio::select! {
-            biased;
-            res = &mut request => (Ok(res), sent.try_recv().ok()),
-            end = &mut sent => (tokio::time::timeout(self.target.timeout, &mut request).await, end.ok()),
+        // then, a slow answer may just be a long upload. While the body
+        // streams, the upstream must keep taking it: a whole `timeout` in
+        // which it took nothing the client had ready is its stall (504). A
+        // client slow to send is its own business and is waited for.
+        let (outcome, body_end) = loop {
+            let frames = progress.frames();
+            tokio::select! {
+                biased;
+                res = &mut request => break (Some(res), sent.try_recv().ok()),
+                end = &mut sent => break (tokio::time::timeout(timeout, &mut request).await.ok(), end.ok()),
+                () = tokio::time::sleep(timeout) => {
+                    if progress.frames() == frames && !progress.waiting_on_client() {
+                        break (None, None);
+                    }
+                }
+            }
         };
         let res = match outcome {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) if body_end == Some(BodyEnd::ClientError) => {
+            Some(Ok(res)) => res,
+            Some(Err(_)) if body_end == Some(BodyEnd::ClientError) => {
                 tracing::debug!("the client's request body broke while it was forwarded");
                 return Err(Error::ClientBody);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "io" };
                 metrics::upstream_error(kind);
                 tracing::warn!(error = %error_chain(&e), kind, "upstream request failed");
                 return Err(Error::UpstreamUnavailable);
             }
-            Err(_) => {
+            None => {
                 metrics::upstream_error("timeout");
                 return Err(Error::UpstreamTimeout);
             }
@@ -318,27 +333,53 @@ enum BodyEnd {
     ClientError,
 }
 
+/// How far the request body has gone, for [`Proxy::forward`]'s timeout.
+#[derive(Debug, Default)]
+struct UploadProgress {
+    /// Frames handed to the upstream connection so far.
+    frames: AtomicU64,
+    /// The last poll found the client's body not ready: the upload is
+    /// waiting on the client, not on the upstream.
+    waiting_on_client: AtomicBool,
+}
+
+impl UploadProgress {
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+    fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
+    }
+}
+
 /// The request body on its way upstream. It reports, once, how it ended, so
 /// that [`Proxy::forward`] starts the response timeout when the upload is
-/// done and can tell a client's broken body from an upstream failure.
+/// done and can tell a client's broken body from an upstream failure; and it
+/// counts its progress, so a stalled upstream is told from a slow client.
 /// Frames pass through untouched: the body stays streamed.
 struct Outgoing {
     inner: Body,
     ended: Option<oneshot::Sender<BodyEnd>>,
+    progress: Arc<UploadProgress>,
 }
 
 impl Outgoing {
-    fn wrap(req: Request<Body>) -> (Request<Outgoing>, oneshot::Receiver<BodyEnd>) {
+    fn wrap(req: Request<Body>) -> (Request<Outgoing>, oneshot::Receiver<BodyEnd>, Arc<UploadProgress>) {
         let (tx, rx) = oneshot::channel();
+        let progress = Arc::new(UploadProgress::default());
         let req = req.map(|inner| {
-            let mut body = Outgoing { inner, ended: Some(tx) };
+            let mut body = Outgoing {
+                inner,
+                ended: Some(tx),
+                progress: progress.clone(),
+            };
             // hyper never polls a body that is already at its end.
             if http_body::Body::is_end_stream(&body.inner) {
                 body.report(BodyEnd::Complete);
             }
             body
         });
-        (req, rx)
+        (req, rx, progress)
     }
 
     fn report(&mut self, end: BodyEnd) {
@@ -353,14 +394,22 @@ impl http_body::Body for Outgoing {
     type Error = <Body as http_body::Body>::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.progress
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        let frame = ready!(polled);
         match &frame {
             None => self.report(BodyEnd::Complete),
             Some(Err(_)) => self.report(BodyEnd::ClientError),
-            // With a Content-Length, hyper stops polling after the last byte
-            // instead of waiting for `None`.
-            Some(Ok(_)) if self.inner.is_end_stream() => self.report(BodyEnd::Complete),
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => {
+                self.progress.frames.fetch_add(1, Ordering::Relaxed);
+                // With a Content-Length, hyper stops polling after the last
+                // byte instead of waiting for `None`.
+                if self.inner.is_end_stream() {
+                    self.report(BodyEnd::Complete);
+                }
+            }
         }
         Poll::Ready(frame)
     }

@@ -429,6 +429,85 @@ async fn a_large_upload_is_streamed_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pausing_mid_upload_is_not_timed_out() {
+    // upstream.timeout is short, the client pauses longer: the upload is
+    // waiting on the client, not on the upstream, and must go through.
+    let gate = gate(|c| c.upstream.timeout = wxgate::config::HumanDuration(Duration::from_millis(200))).await;
+    let (tx, body) = channel_body();
+    let req = Request::post(gate.url("/upload")).body(body).unwrap();
+    let response = tokio::spawn(streaming_client().request(req));
+    let first = Bytes::from(pattern(0, 1024 * 1024));
+    tx.send(first.clone()).await.unwrap();
+    assert!(eventually(async || gate.upstream.upload_progress() == first.len() as u64).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = Bytes::from(pattern(first.len() as u64, 1024 * 1024));
+    tx.send(second.clone()).await.unwrap();
+    drop(tx);
+    let res = tokio::time::timeout(Duration::from_secs(15), response)
+        .await
+        .expect("an answer within 15 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["sha256"], sha256_hex(&[first, second].concat()));
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_is_a_504() {
+    // It accepts and then reads nothing: once the socket buffers are full,
+    // nothing moves, and upstream.timeout later wxgate gives up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let gate = gate(|c| {
+        c.upstream.url = format!("http://{up}");
+        c.upstream.timeout = wxgate::config::HumanDuration(Duration::from_millis(500));
+    })
+    .await;
+    let (tx, body) = channel_body();
+    let req = Request::post(gate.url("/stall"))
+        .header("x-request-id", "stalled-upload-check")
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(streaming_client().request(req));
+    let feeder = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            if tx.send(Bytes::from(pattern(sent, CHUNK))).await.is_err() {
+                break;
+            }
+            sent += CHUNK as u64;
+        }
+    });
+    // The client may see the 504 or, as wxgate closes a connection whose
+    // body it did not read, a reset; the access log says what was answered.
+    let answered = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("the stalled upload is answered (or cut) within 20 s")
+        .unwrap();
+    if let Ok(res) = answered {
+        assert_eq!(res.status(), 504);
+    }
+    let logged = eventually(async || {
+        logs()
+            .lines()
+            .any(|l| l.contains("request_id=stalled-upload-check") && l.contains("status=504"))
+    })
+    .await;
+    assert!(logged, "no 504 access log line for the stalled upload");
+    feeder.abort();
+    held.abort();
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_download_is_streamed_intact() {
     let gate = gate(|_| {}).await;
     let res = tokio::time::timeout(
