@@ -129,7 +129,9 @@ pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-    let req = Request::get(uri).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let req = Request::get(uri)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(res)) if res.status() == StatusCode::OK => Ok(()),
         Ok(Ok(res)) => Err(format!("answered {}", res.status())),
