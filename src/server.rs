@@ -84,6 +84,11 @@ impl Listeners {
         let named = |key: &'static str, addr: SocketAddr| {
             move |e: io::Error| io::Error::new(e.kind(), format!("{key} {addr}: {e}"))
         };
+        // SO_REUSEPORT would let a second wxgate (same user) silently share
+        // this port with a running one; a plain bind first refuses that.
+        if listen.port() != 0 {
+            drop(std::net::TcpListener::bind(listen).map_err(named("server.listen", listen))?);
+        }
         let first = reuseport_listener(listen).map_err(named("server.listen", listen))?;
         let addr = first.local_addr()?;
         let mut public = vec![first];
@@ -359,5 +364,25 @@ pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = ()> + Send>>>
         Ok(Box::pin(async {
             let _ = tokio::signal::ctrl_c().await;
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_wxgate_cannot_share_a_running_ones_port() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = Listeners::bind(any, any, 2).unwrap();
+        let addr = first.public[0].local_addr().unwrap();
+        assert_eq!(first.public[1].local_addr().unwrap(), addr, "workers share one port");
+        let err = Listeners::bind(addr, any, 2).err().expect("the port is taken");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        drop(first);
+        assert!(
+            Listeners::bind(addr, any, 2).is_ok(),
+            "free again once the first is gone"
+        );
     }
 }
