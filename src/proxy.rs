@@ -123,6 +123,12 @@ impl Proxy {
         if upgrade {
             return self.forward_upgrade(req).await;
         }
+        if http_body::Body::is_end_stream(req.body()) {
+            // No body (GET, HEAD...): the common case needs no upload tracking.
+            let request = self.client.request(req.map(Outgoing::plain));
+            let outcome = tokio::time::timeout(self.target.timeout, request).await.ok();
+            return self.answer(outcome, None);
+        }
         let (req, mut sent, progress) = Outgoing::wrap(req);
         let request = self.client.request(req);
         tokio::pin!(request);
@@ -145,6 +151,15 @@ impl Proxy {
                 }
             }
         };
+        self.answer(outcome, body_end)
+    }
+
+    /// The upstream's outcome as the client's answer.
+    fn answer(
+        &self,
+        outcome: Option<Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>>,
+        body_end: Option<BodyEnd>,
+    ) -> Result<Response<Body>, Error> {
         let res = match outcome {
             Some(Ok(res)) => res,
             Some(Err(_)) if body_end == Some(BodyEnd::ClientError) => {
@@ -360,10 +375,19 @@ impl UploadProgress {
 struct Outgoing {
     inner: Body,
     ended: Option<oneshot::Sender<BodyEnd>>,
-    progress: Arc<UploadProgress>,
+    progress: Option<Arc<UploadProgress>>,
 }
 
 impl Outgoing {
+    /// A body that needs no tracking (already at its end).
+    fn plain(inner: Body) -> Self {
+        Self {
+            inner,
+            ended: None,
+            progress: None,
+        }
+    }
+
     fn wrap(req: Request<Body>) -> (Request<Outgoing>, oneshot::Receiver<BodyEnd>, Arc<UploadProgress>) {
         let (tx, rx) = oneshot::channel();
         let progress = Arc::new(UploadProgress::default());
@@ -371,7 +395,7 @@ impl Outgoing {
             let mut body = Outgoing {
                 inner,
                 ended: Some(tx),
-                progress: progress.clone(),
+                progress: Some(progress.clone()),
             };
             // hyper never polls a body that is already at its end.
             if http_body::Body::is_end_stream(&body.inner) {
@@ -395,15 +419,17 @@ impl http_body::Body for Outgoing {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        self.progress
-            .waiting_on_client
-            .store(polled.is_pending(), Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.waiting_on_client.store(polled.is_pending(), Ordering::Relaxed);
+        }
         let frame = ready!(polled);
         match &frame {
             None => self.report(BodyEnd::Complete),
             Some(Err(_)) => self.report(BodyEnd::ClientError),
             Some(Ok(_)) => {
-                self.progress.frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &self.progress {
+                    p.frames.fetch_add(1, Ordering::Relaxed);
+                }
                 // With a Content-Length, hyper stops polling after the last
                 // byte instead of waiting for `None`.
                 if self.inner.is_end_stream() {
@@ -545,6 +571,13 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 /// client lines are one list (RFC 9110 §5.3), so they are joined, not lost.
 fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
     let ip = addr.ip().to_canonical().to_string();
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The common case: no proxy before wxgate.
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        return;
+    }
     let value = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()

@@ -70,6 +70,17 @@ pub struct AccessLog<S> {
     state: Arc<State>,
 }
 
+/// `prefix` and `n` as 32 hex digits, without a detour through `format!`.
+fn request_id(prefix: u64, n: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, byte) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic)
 }
@@ -105,8 +116,7 @@ where
             Some(v) if valid_request_id(v) => v.clone(),
             _ => {
                 let n = self.state.counter.fetch_add(1, Ordering::Relaxed);
-                let id = format!("{:016x}{:08x}", self.state.id_prefix, n);
-                let v = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"));
+                let v = request_id(self.state.id_prefix, n);
                 req.headers_mut().insert(X_REQUEST_ID, v.clone());
                 v
             }
@@ -183,5 +193,20 @@ where
             res.headers_mut().insert(X_REQUEST_ID, id);
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_distinct() {
+        let a = request_id(0x0123_4567_89ab_cdef, 1);
+        assert_eq!(a, "0123456789abcdef0000000000000001");
+        assert_ne!(request_id(7, 1), request_id(7, 2));
+        assert!(valid_request_id(&a));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()));
     }
 }
