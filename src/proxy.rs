@@ -52,10 +52,6 @@ use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::metrics;
 
-/// The address of the client, put in the request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Where requests go, parsed once from `upstream.url`.
 #[derive(Debug)]
 struct Target {
@@ -183,7 +179,6 @@ impl Proxy {
     /// Rewrites the request for the upstream: URI, version, hop-by-hop
     /// headers, X-Forwarded-*.
     fn prepare(&self, req: &mut Request<Body>, upgrade: Option<&HeaderValue>) -> Result<(), Error> {
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
         let original = std::mem::take(req.uri_mut());
         let host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
@@ -224,9 +219,6 @@ impl Proxy {
             headers.insert(X_FORWARDED_HOST, host);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        if let Some(addr) = client {
-            append_forwarded_for(headers, addr);
-        }
         Ok(())
     }
 
@@ -569,27 +561,30 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 
 /// Appends the client's address to the X-Forwarded-For chain. Several
 /// client lines are one list (RFC 9110 §5.3), so they are joined, not lost.
-fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
-    let ip = addr.ip().to_canonical().to_string();
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     if !headers.contains_key(&X_FORWARDED_FOR) {
         // The common case: no proxy before wxgate.
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
+        headers.insert(X_FORWARDED_FOR, ip.clone());
         return;
     }
+    let ip = ip.to_str().unwrap_or_default();
     let value = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .chain([ip.as_str()])
+        .chain([ip])
         .collect::<Vec<_>>()
         .join(", ");
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// A client address as an X-Forwarded-For entry (IPv4-mapped IPv6 shown as IPv4).
+pub fn forwarded_for_value(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.ip().to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -648,13 +643,13 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1:1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.1:1".parse().unwrap()));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
-        append_forwarded_for(&mut h, "[::ffff:10.0.0.2]:1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("[::ffff:10.0.0.2]:1".parse().unwrap()));
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
         h.append(X_FORWARDED_FOR, " 10.0.0.3 ".parse().unwrap());
         h.append(X_FORWARDED_FOR, "".parse().unwrap());
-        append_forwarded_for(&mut h, "10.0.0.4:1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.4:1".parse().unwrap()));
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4");
     }

@@ -41,7 +41,6 @@ use crate::admin::{self, Readiness};
 use crate::body::Body;
 use crate::config::Config;
 use crate::layers::login::LoginShared;
-use crate::proxy::ClientAddr;
 use crate::session::SessionStore;
 use crate::session::memory::MemoryStore;
 use crate::weixin::token::AccessTokenProvider;
@@ -282,7 +281,7 @@ async fn worker(
         let _ = stream.set_nodelay(true);
         let service = ConnService {
             stack: stack.clone(),
-            remote,
+            forwarded_for: crate::proxy::forwarded_for_value(remote),
         };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -323,7 +322,8 @@ async fn worker(
 #[derive(Clone)]
 struct ConnService {
     stack: Stack,
-    remote: SocketAddr,
+    /// The client's address as an X-Forwarded-For entry, made once per connection.
+    forwarded_for: http::HeaderValue,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -332,8 +332,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = <Stack as Service<Request<Body>>>::Future;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ClientAddr(self.remote));
         crate::proxy::apply_client_connection_header(req.headers_mut());
+        crate::proxy::append_forwarded_for(req.headers_mut(), &self.forwarded_for);
         self.stack.clone().call(req.map(http_body_util::Either::Left))
     }
 }
