@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod upstream_pool;
 pub mod weixin;
 
 use std::sync::Arc;

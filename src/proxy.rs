@@ -38,12 +38,10 @@ use bytes::Bytes;
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -51,11 +49,11 @@ use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::metrics;
+use crate::upstream_pool::{SendError, UpstreamPool};
 
 /// Where requests go, parsed once from `upstream.url`.
 #[derive(Debug)]
 struct Target {
-    scheme: Scheme,
     authority: Authority,
     /// The URL's path without its trailing '/', "" when it is the root.
     base_path: String,
@@ -67,7 +65,7 @@ struct Target {
 /// (and so its own connection pool).
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Outgoing>,
+    pool: Arc<UpstreamPool<Outgoing>>,
     target: Arc<Target>,
 }
 
@@ -80,19 +78,16 @@ impl Proxy {
             .path_and_query
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout.get()));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout.get())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let pool = UpstreamPool::new(
+            authority.host(),
+            authority.port_u16().unwrap_or(80),
+            config.connect_timeout.get(),
+            config.pool_idle_timeout.get(),
+            config.pool_max_idle,
+        );
         Ok(Self {
-            client,
+            pool: Arc::new(pool),
             target: Arc::new(Target {
-                scheme: Scheme::HTTP,
                 authority,
                 base_path,
                 connect_timeout: config.connect_timeout.get(),
@@ -121,12 +116,12 @@ impl Proxy {
         }
         if http_body::Body::is_end_stream(req.body()) {
             // No body (GET, HEAD...): the common case needs no upload tracking.
-            let request = self.client.request(req.map(Outgoing::plain));
+            let request = self.pool.send(req.map(Outgoing::plain));
             let outcome = tokio::time::timeout(self.target.timeout, request).await.ok();
             return self.answer(outcome, None);
         }
         let (req, mut sent, progress) = Outgoing::wrap(req);
-        let request = self.client.request(req);
+        let request = self.pool.send(req);
         tokio::pin!(request);
         let timeout = self.target.timeout;
         // The response timeout runs from the end of the request body: until
@@ -153,7 +148,7 @@ impl Proxy {
     /// The upstream's outcome as the client's answer.
     fn answer(
         &self,
-        outcome: Option<Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>>,
+        outcome: Option<Result<Response<hyper::body::Incoming>, SendError>>,
         body_end: Option<BodyEnd>,
     ) -> Result<Response<Body>, Error> {
         let res = match outcome {
@@ -163,9 +158,17 @@ impl Proxy {
                 return Err(Error::ClientBody);
             }
             Some(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "io" };
+                let kind = if matches!(e, SendError::Connect(_)) {
+                    "connect"
+                } else {
+                    "io"
+                };
                 metrics::upstream_error(kind);
-                tracing::warn!(error = %error_chain(&e), kind, "upstream request failed");
+                let detail = match &e {
+                    SendError::Connect(e) => error_chain(e),
+                    SendError::Io(e) => error_chain(e),
+                };
+                tracing::warn!(error = %detail, kind, "upstream request failed");
                 return Err(Error::UpstreamUnavailable);
             }
             None => {
@@ -196,14 +199,8 @@ impl Proxy {
             PathAndQuery::try_from(format!("{}{}", self.target.base_path, path_and_query))
                 .map_err(|_| Error::InvalidRequest("the request target is not a valid path".into()))?
         };
-        *req.uri_mut() = Uri::from_parts({
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(self.target.scheme.clone());
-            p.authority = Some(self.target.authority.clone());
-            p.path_and_query = Some(path_and_query);
-            p
-        })
-        .map_err(|e| Error::Internal(format!("cannot build the upstream URI: {e}")))?;
+        // Origin-form: the connection is to the upstream itself.
+        *req.uri_mut() = Uri::from(path_and_query);
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
@@ -212,11 +209,19 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
-        if let Some(host) = host {
-            if !headers.contains_key(header::HOST) {
-                headers.insert(header::HOST, host.clone());
+        match host {
+            Some(host) => {
+                if !headers.contains_key(header::HOST) {
+                    headers.insert(header::HOST, host.clone());
+                }
+                headers.insert(X_FORWARDED_HOST, host);
             }
-            headers.insert(X_FORWARDED_HOST, host);
+            // HTTP/1.0 without Host: name the upstream, as HTTP/1.1 requires one.
+            None => {
+                if let Ok(v) = HeaderValue::from_str(self.target.authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         Ok(())
