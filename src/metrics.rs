@@ -8,8 +8,10 @@
 //! on a one-second tick and when it stops, so an idle worker's counts still
 //! show up; a scrape may therefore lag by up to a second.
 //!
-//! Everything else (WeChat calls, sessions, decryptions) is rare enough to
-//! count directly.
+//! The in-flight gauge is kept the same way (each thread adds its started
+//! minus finished requests at the flush), and so are the login and phone
+//! outcome counters. Everything else (WeChat calls, upstream errors) is rare
+//! enough to count directly.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -149,7 +151,17 @@ pub fn init() {
 struct LocalRequestMetrics {
     counters: HashMap<(RouteKind, u16), LocalIntCounter>,
     durations: [LocalHistogram; 3],
+    /// Login and phone outcomes: (family, label, label).
+    labeled: HashMap<(Family, &'static str, &'static str), LocalIntCounter>,
+    /// Requests started minus finished on this thread since the last flush.
+    in_flight_delta: i64,
     last_flush: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    Login,
+    Phone,
 }
 
 thread_local! {
@@ -164,6 +176,8 @@ fn with_local<R>(f: impl FnOnce(&mut LocalRequestMetrics) -> R) -> R {
         let local = slot.get_or_insert_with(|| LocalRequestMetrics {
             counters: HashMap::new(),
             durations: RouteKind::ALL.map(|r| METRICS.duration.with_label_values(&[r.as_str()]).local()),
+            labeled: HashMap::new(),
+            in_flight_delta: 0,
             last_flush: Instant::now(),
         });
         f(local)
@@ -180,13 +194,13 @@ fn route_index(route: RouteKind) -> usize {
 
 /// A request started.
 pub fn request_started() {
-    METRICS.in_flight.inc();
+    with_local(|l| l.in_flight_delta += 1);
 }
 
 /// A request's response head is ready (or it failed).
 pub fn request_finished(route: RouteKind, status: u16, elapsed: Duration, now: Instant) {
-    METRICS.in_flight.dec();
     with_local(|l| {
+        l.in_flight_delta -= 1;
         l.counters
             .entry((route, status))
             .or_insert_with(|| {
@@ -208,6 +222,10 @@ fn flush(l: &mut LocalRequestMetrics, now: Instant) {
     for c in l.counters.values_mut() {
         c.flush();
     }
+    for c in l.labeled.values_mut() {
+        c.flush();
+    }
+    METRICS.in_flight.add(std::mem::take(&mut l.in_flight_delta));
     for h in &mut l.durations {
         h.flush();
     }
@@ -235,12 +253,24 @@ pub fn code_cache_hit() {
     METRICS.code_cache_hits.inc();
 }
 
-pub fn login(outcome: &str) {
-    METRICS.logins.with_label_values(&[outcome]).inc();
+fn inc_labeled(family: Family, a: &'static str, b: &'static str) {
+    with_local(|l| {
+        l.labeled
+            .entry((family, a, b))
+            .or_insert_with(|| match family {
+                Family::Login => METRICS.logins.with_label_values(&[a]).local(),
+                Family::Phone => METRICS.phone.with_label_values(&[a, b]).local(),
+            })
+            .inc();
+    });
 }
 
-pub fn phone(flow: &'static str, outcome: &str) {
-    METRICS.phone.with_label_values(&[flow, outcome]).inc();
+pub fn login(outcome: &'static str) {
+    inc_labeled(Family::Login, outcome, "");
+}
+
+pub fn phone(flow: &'static str, outcome: &'static str) {
+    inc_labeled(Family::Phone, flow, outcome);
 }
 
 pub fn access_token_fetch(reason: &'static str) {
