@@ -16,6 +16,7 @@
 //!   longer than `upstream.pool_idle_timeout` is closed when next seen.
 //! - `upstream.connect_timeout` bounds each new connection.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -55,7 +56,8 @@ pub struct UpstreamPool<B> {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle<B>>>,
+    /// Oldest at the front, warmest at the back.
+    idle: Mutex<VecDeque<Idle<B>>>,
 }
 
 impl<B> UpstreamPool<B>
@@ -71,7 +73,7 @@ where
             connect_timeout,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -108,21 +110,27 @@ where
             i -= 1;
             let c = &idle[i];
             if c.sender.is_closed() || now.duration_since(c.since) >= self.idle_timeout {
-                idle.swap_remove(i);
+                idle.remove(i);
             } else if c.sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
+                return idle.remove(i).map(|c| c.sender);
             }
         }
         None
     }
 
+    /// Back into the pool; the oldest connections, if closed or idle too
+    /// long, leave at the same time, so none lingers unseen at the bottom.
     fn checkin(&self, sender: SendRequest<B>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|c| c.sender.is_closed() || now.duration_since(c.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push_back(Idle { sender, since: now });
         }
     }
 
@@ -261,6 +269,17 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(conns.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_not_reused() {
+        let (port, conns) = upstream(usize::MAX).await;
+        let p = UpstreamPool::new("127.0.0.1", port, Duration::from_secs(1), Duration::ZERO, 8);
+        for _ in 0..3 {
+            assert_eq!(body(p.send(get()).await.unwrap()).await, "ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        assert!(p.idle_len() <= 1, "stale connections leave the pool");
     }
 
     #[tokio::test]
