@@ -20,7 +20,7 @@ use wxgate::session::{Session, SessionStore, SessionToken, unix_now};
 use wxgate::weixin::crypto::SessionKey;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: wxgate::alloc::MiMalloc = wxgate::alloc::MiMalloc;
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
 fn status_bytes(field: &str) -> u64 {

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use wxgate::config::Config;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: wxgate::alloc::MiMalloc = wxgate::alloc::MiMalloc;
 
 /// A reverse-proxy sidecar for WeChat Mini Program backends: wx.login code
 /// exchange, sessions, and phone numbers, forwarded to the backend as trusted

@@ -27,7 +27,6 @@
 //! and every header it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
 //! `Trailer`, `Transfer-Encoding`, `Upgrade`.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
@@ -48,6 +47,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
+use crate::hop::{HopByHop, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::metrics;
 use crate::upstream_pool::{SendError, UpstreamPool};
 
@@ -101,16 +101,19 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err(Error::ConnectNotSupported);
         }
-        if has_transfer_coding_besides_chunked(req.headers()) {
+        // One pass over the names finds the hop-by-hop headers; most
+        // requests have none, and then nothing is looked up.
+        let hop = HopByHop::scan(req.headers());
+        if hop.has_transfer_coding_besides_chunked(req.headers()) {
             return Err(Error::TransferCodingNotSupported);
         }
-        let upgrade = is_upgrade(req.headers());
+        let upgrade = hop.is_upgrade(req.headers());
         let upgrade_proto = if upgrade {
             req.headers().get(header::UPGRADE).cloned()
         } else {
             None
         };
-        self.prepare(&mut req, upgrade_proto.as_ref())?;
+        self.prepare(&mut req, hop, upgrade_proto.as_ref())?;
         if upgrade {
             return self.forward_upgrade(req).await;
         }
@@ -181,14 +184,16 @@ impl Proxy {
 
     /// Rewrites the request for the upstream: URI, version, hop-by-hop
     /// headers, X-Forwarded-*.
-    fn prepare(&self, req: &mut Request<Body>, upgrade: Option<&HeaderValue>) -> Result<(), Error> {
+    fn prepare(&self, req: &mut Request<Body>, hop: HopByHop, upgrade: Option<&HeaderValue>) -> Result<(), Error> {
         let original = std::mem::take(req.uri_mut());
-        let host = match req.headers().get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => original
+        // The client's Host, or the authority of an absolute-form target.
+        let host_header = req.headers().get(header::HOST).cloned();
+        let has_host_header = host_header.is_some();
+        let host = host_header.or_else(|| {
+            original
                 .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
         let path_and_query = if self.target.base_path.is_empty() {
             original
@@ -204,14 +209,14 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        hop.strip(headers);
         if let Some(proto) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
         match host {
             Some(host) => {
-                if !headers.contains_key(header::HOST) {
+                if !has_host_header {
                     headers.insert(header::HOST, host.clone());
                 }
                 headers.insert(X_FORWARDED_HOST, host);
@@ -302,7 +307,8 @@ impl Proxy {
         // Keep Connection/Upgrade on a 101: they are the answer.
         let (parts, _) = res.into_parts();
         let mut out = Response::from_parts(parts, body::empty());
-        strip_hop_by_hop_keep_upgrade(out.headers_mut());
+        let hop = HopByHop::scan(out.headers());
+        hop.strip_fixed(out.headers_mut());
         Ok(out)
     }
 }
@@ -446,150 +452,15 @@ impl http_body::Body for Outgoing {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The upstream's response, made fit for the client: hop-by-hop headers go.
 fn passable_response(res: Response<hyper::body::Incoming>) -> Result<Response<Body>, Error> {
-    // hyper removed the chunked framing; another coding (gzip) would reach
-    // the client as bytes nobody says how to decode.
-    if has_transfer_coding_besides_chunked(res.headers()) {
+    let hop = HopByHop::scan(res.headers());
+    if hop.has_transfer_coding_besides_chunked(res.headers()) {
         metrics::upstream_error("protocol");
         return Err(Error::UpstreamProtocol("a transfer coding other than chunked"));
     }
     let (mut parts, incoming) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    hop.strip(&mut parts.headers);
     Ok(Response::from_parts(parts, http_body_util::Either::Left(incoming)))
-}
-
-/// True when Transfer-Encoding names a coding other than `chunked` (gzip,
-/// deflate...). hyper undoes only the chunked framing, and Transfer-Encoding
-/// is hop-by-hop, so such a body cannot be passed on faithfully (RFC 9112
-/// §6.1: a server SHOULD answer 501 to a coding it does not implement).
-fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |s| {
-            s.split(',')
-                .map(str::trim)
-                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
-        })
-    })
-}
-
-/// True for an HTTP/1.1 request asking to switch protocols.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, "upgrade"))
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_connection_listed(headers);
-    for name in [header::CONNECTION, header::UPGRADE] {
-        headers.remove(name);
-    }
-    remove_fixed_hop_by_hop(headers);
-}
-
-fn strip_hop_by_hop_keep_upgrade(headers: &mut HeaderMap) {
-    remove_fixed_hop_by_hop(headers);
-}
-
-fn remove_fixed_hop_by_hop(headers: &mut HeaderMap) {
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Applies a client's `Connection` header where the hop it describes ends,
-/// before any layer adds a header: the headers it names go, and of its
-/// options only `upgrade` stays (so the proxy can still tunnel). Applied
-/// later, at the proxy, a client could name a header that wxgate itself sets
-/// (`Connection: x-wx-unionid`) and have wxgate's own value removed on the
-/// way to the upstream.
-pub fn apply_client_connection_header(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        return;
-    }
-    let upgrade = is_upgrade(headers);
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    headers.remove(header::CONNECTION);
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-fn remove_connection_listed(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-}
-
-/// Appends the client's address to the X-Forwarded-For chain. Several
-/// client lines are one list (RFC 9110 §5.3), so they are joined, not lost.
-pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        // The common case: no proxy before wxgate.
-        headers.insert(X_FORWARDED_FOR, ip.clone());
-        return;
-    }
-    let ip = ip.to_str().unwrap_or_default();
-    let value = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .chain([ip])
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-}
-
-/// A client address as an X-Forwarded-For entry (IPv4-mapped IPv6 shown as IPv4).
-pub fn forwarded_for_value(addr: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&addr.ip().to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -601,84 +472,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("proxy-connection", "keep-alive".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::TRAILER, "x-checksum".parse().unwrap());
-        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("x-kept", "yes".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h["x-kept"], "yes");
-    }
-
-    #[test]
-    fn the_client_connection_header_is_applied_keeping_only_upgrade() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, "Upgrade, X-WX-Unionid, close".parse().unwrap());
-        h.append(header::CONNECTION, "x-other".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("x-wx-unionid", "client".parse().unwrap());
-        h.insert("x-other", "1".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        apply_client_connection_header(&mut h);
-        assert!(is_upgrade(&h));
-        assert_eq!(h.len(), 3, "{h:?}");
-        assert_eq!(h[header::CONNECTION], "upgrade");
-        assert!(h.contains_key("x-kept"));
-
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, upgrade".parse().unwrap());
-        apply_client_connection_header(&mut h);
-        assert!(h.is_empty(), "no Upgrade header: no upgrade, {h:?}");
-    }
-
-    #[test]
-    fn forwarded_for_is_appended() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.1:1".parse().unwrap()));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
-        append_forwarded_for(&mut h, &forwarded_for_value("[::ffff:10.0.0.2]:1".parse().unwrap()));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
-        h.append(X_FORWARDED_FOR, " 10.0.0.3 ".parse().unwrap());
-        h.append(X_FORWARDED_FOR, "".parse().unwrap());
-        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.4:1".parse().unwrap()));
-        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4");
-    }
-
-    #[test]
-    fn only_chunked_transfer_coding_passes() {
-        let te = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::TRANSFER_ENCODING, v.parse().unwrap());
-            has_transfer_coding_besides_chunked(&h)
-        };
-        assert!(!has_transfer_coding_besides_chunked(&HeaderMap::new()));
-        assert!(!te("chunked"));
-        assert!(!te("Chunked"));
-        assert!(te("gzip, chunked"));
-        assert!(te("identity"));
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(!is_upgrade(&h));
-        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert!(is_upgrade(&h));
-    }
 }

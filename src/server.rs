@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -40,6 +41,7 @@ use tower::Service;
 use crate::admin::{self, Readiness};
 use crate::body::Body;
 use crate::config::Config;
+use crate::idle;
 use crate::layers::login::LoginShared;
 use crate::session::SessionStore;
 use crate::session::memory::MemoryStore;
@@ -247,11 +249,13 @@ async fn worker(
     };
     let config = &shared.config;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout.get());
+    // `server.header_read_timeout` is kept by `idle`'s sweep below, not by a
+    // hyper timer armed on every request.
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
+    let mut idle = idle::Watch::new(config.server.header_read_timeout.get());
+    let mut sweep = tokio::time::interval(idle.period());
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let graceful = GracefulShutdown::new();
     let flusher = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -268,6 +272,13 @@ async fn worker(
         let (stream, remote) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            now = sweep.tick() => {
+                let closed = idle.sweep(now);
+                if closed > 0 {
+                    tracing::debug!(closed, "closed connections idle for server.header_read_timeout");
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -279,19 +290,22 @@ async fn worker(
             },
         };
         let _ = stream.set_nodelay(true);
+        let activity = idle::Activity::new();
         let service = ConnService {
             stack: stack.clone(),
-            forwarded_for: crate::proxy::forwarded_for_value(remote),
+            forwarded_for: crate::hop::forwarded_for_value(remote),
+            activity: activity.clone(),
         };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
+        idle.add(activity, task.abort_handle());
     }
     drop(listener);
     let grace = config.server.shutdown_grace.get();
@@ -324,17 +338,79 @@ struct ConnService {
     stack: Stack,
     /// The client's address as an X-Forwarded-For entry, made once per connection.
     forwarded_for: http::HeaderValue,
+    /// Requests in flight on this connection, for its idle timeout.
+    activity: Arc<idle::Activity>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<Body>;
+    type Response = Response<SentBody>;
     type Error = Infallible;
-    type Future = <Stack as Service<Request<Body>>>::Future;
+    type Future = Served<<Stack as Service<Request<Body>>>::Future>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        crate::proxy::apply_client_connection_header(req.headers_mut());
-        crate::proxy::append_forwarded_for(req.headers_mut(), &self.forwarded_for);
-        self.stack.clone().call(req.map(http_body_util::Either::Left))
+        let in_flight = self.activity.begin();
+        crate::hop::apply_client_connection_header(req.headers_mut());
+        crate::hop::append_forwarded_for(req.headers_mut(), &self.forwarded_for);
+        Served {
+            inner: self.stack.clone().call(req.map(http_body_util::Either::Left)),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being served: in flight for its connection's idle timeout
+    /// until its response body has been sent (see [`SentBody`]).
+    pub struct Served<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<idle::InFlight>,
+    }
+}
+
+impl<F> Future for Served<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<SentBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(res.map(|res| {
+            res.map(|body| SentBody {
+                body,
+                _in_flight: in_flight,
+            })
+        }))
+    }
+}
+
+/// A response body on its way to the client; the request stays in flight
+/// until hyper has sent it all (or given up) and drops it.
+pub struct SentBody {
+    body: Body,
+    _in_flight: Option<idle::InFlight>,
+}
+
+impl http_body::Body for SentBody {
+    type Data = bytes::Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

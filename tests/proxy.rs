@@ -1653,6 +1653,60 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
+    let gate = gate(|c| c.server.header_read_timeout = wxgate::config::HumanDuration(Duration::from_millis(500))).await;
+
+    // Idle after a response: closed after the timeout (within its sweep period).
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle keep-alive connection stays open"
+    );
+
+    // An upstream slower than the timeout: the request is in flight, not idle.
+    let res = raw_one(gate.addr, b"GET /slow?ms=1500 HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, b"slow done");
+
+    // A download read slowly for longer than the timeout: in flight too.
+    const BYTES: usize = 16 << 20;
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /download?bytes={BYTES} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = stream.read(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let read_rest = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            if got >= BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read_rest.is_ok(), "the download stalled");
+    assert!(got >= BYTES, "the download was cut off after {got} bytes");
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_codings_other_than_chunked_are_refused_both_ways() {
     let gate = gate(|_| {}).await;
     // hyper would undo the chunking only, and the upstream would get gzip

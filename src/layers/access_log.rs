@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
+use http::header::Entry;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -112,12 +113,20 @@ where
         } else {
             RouteKind::Passthrough
         };
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) if valid_request_id(v) => v.clone(),
-            _ => {
+        // One lookup: keep a valid id, replace an invalid one, add a missing one.
+        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(o) if valid_request_id(o.get()) => o.get().clone(),
+            entry => {
                 let n = self.state.counter.fetch_add(1, Ordering::Relaxed);
                 let v = request_id(self.state.id_prefix, n);
-                req.headers_mut().insert(X_REQUEST_ID, v.clone());
+                match entry {
+                    Entry::Occupied(mut o) => {
+                        o.insert(v.clone());
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(v.clone());
+                    }
+                }
                 v
             }
         };
