@@ -5,6 +5,8 @@
 //! memory. Bodies wxgate makes or reads itself (errors, login and phone
 //! requests) are a [`Full`]. An `Either` of the two needs no allocation.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -24,9 +26,9 @@ pub fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))
 }
 
-/// Reads a body of at most `limit` bytes. A declared Content-Length over the
-/// limit is refused before anything is read.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, Error> {
+/// Reads a body of at most `limit` bytes within `timeout`. A declared
+/// Content-Length over the limit is refused before anything is read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64, timeout: Duration) -> Result<Bytes, Error> {
     if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             Some(n) if n > limit => return Err(Error::BodyTooLarge { limit }),
@@ -35,7 +37,10 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
         }
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit_usize).collect())
+        .await
+        .map_err(|_| Error::ClientTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
         Err(_) => Err(Error::ClientBody),
@@ -46,22 +51,24 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[tokio::test]
     async fn limits_are_enforced_with_and_without_content_length() {
         let mut h = HeaderMap::new();
-        assert_eq!(read_limited(&h, full("hello"), 5).await.unwrap(), "hello");
+        assert_eq!(read_limited(&h, full("hello"), 5, SECOND).await.unwrap(), "hello");
         assert!(matches!(
-            read_limited(&h, full("hello!"), 5).await,
+            read_limited(&h, full("hello!"), 5, SECOND).await,
             Err(Error::BodyTooLarge { limit: 5 })
         ));
         h.insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
         assert!(matches!(
-            read_limited(&h, full("x"), 5).await,
+            read_limited(&h, full("x"), 5, SECOND).await,
             Err(Error::BodyTooLarge { .. })
         ));
         h.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
         assert!(matches!(
-            read_limited(&h, full("x"), 5).await,
+            read_limited(&h, full("x"), 5, SECOND).await,
             Err(Error::InvalidRequest(_))
         ));
     }

@@ -53,9 +53,14 @@ pub struct ServerConfig {
     /// Worker threads, each with its own runtime, listener (SO_REUSEPORT) and
     /// upstream pool. 0 means one per CPU core.
     pub workers: usize,
-    /// How long a client may take to send a request's headers (slowloris guard).
+    /// How long a client may take to send a request's headers (slowloris
+    /// guard), and how long a keep-alive connection may stay idle.
     #[serde(with = "duration_str")]
     pub header_read_timeout: HumanDuration,
+    /// How long a client may go without sending any of a request body it
+    /// has started (408 after).
+    #[serde(with = "duration_str")]
+    pub body_read_timeout: HumanDuration,
 }
 
 /// `[upstream]`: the legacy backend behind wxgate.
@@ -184,6 +189,7 @@ impl Default for ServerConfig {
             shutdown_grace: HumanDuration::secs(30),
             workers: 0,
             header_read_timeout: HumanDuration::secs(30),
+            body_read_timeout: HumanDuration::secs(60),
         }
     }
 }
@@ -448,6 +454,7 @@ impl Config {
         }
         for (key, d) in [
             ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.timeout", self.upstream.timeout),
             ("weixin.timeout", self.weixin.timeout),

@@ -42,6 +42,8 @@ pub enum Error {
     NoPhoneNumber,
     #[error("the client closed the connection or sent a broken body")]
     ClientBody,
+    #[error("the client sent nothing of its request body for server.body_read_timeout")]
+    ClientTimeout,
     #[error("wxgate is a reverse proxy: CONNECT tunnels are not supported")]
     ConnectNotSupported,
     #[error("wxgate forwards chunked request bodies only: send gzip or deflate as Content-Encoding instead")]
@@ -91,6 +93,7 @@ impl Error {
             | WatermarkExpired
             | NoPhoneNumber
             | ClientBody
+            | ClientTimeout
             | ConnectNotSupported
             | TransferCodingNotSupported => Fault::Client,
             WeixinInvalidCode { .. }
@@ -120,6 +123,7 @@ impl Error {
             WatermarkExpired => "watermark_expired",
             NoPhoneNumber => "no_phone_number",
             ClientBody => "client_body",
+            ClientTimeout => "client_timeout",
             ConnectNotSupported | TransferCodingNotSupported => "not_implemented",
             UserBlocked => "user_blocked",
             RateLimited => "rate_limited",
@@ -141,6 +145,7 @@ impl Error {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidRequest(_) | ClientBody => StatusCode::BAD_REQUEST,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             WeixinInvalidCode { .. } | SessionRequired | DecryptFailed => StatusCode::UNAUTHORIZED,
             WatermarkMismatch | WatermarkExpired | UserBlocked => StatusCode::FORBIDDEN,
             NoPhoneNumber => StatusCode::UNPROCESSABLE_ENTITY,
@@ -173,6 +178,10 @@ impl Error {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Error::MethodNotAllowed(allowed) = self {
             h.insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        if matches!(self, Error::ClientTimeout) {
+            // The rest of the body may still come: the connection cannot be reused.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(self, Error::SessionRequired) {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("WxSession"));

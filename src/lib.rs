@@ -81,5 +81,5 @@ pub fn stack(shared: &Shared) -> Result<Stack, String> {
             headers,
         ))
         // 6. Everything goes upstream, streamed.
-        .service(Proxy::new(&config.upstream)?))
+        .service(Proxy::new(&config.upstream, config.server.body_read_timeout.get())?))
 }

@@ -12,8 +12,9 @@
 //!   request body has been sent (504 after): a long upload is not a slow
 //!   upstream, so the clock starts when the last body byte has gone. While
 //!   the body streams, an upstream that takes none of it for
-//!   `upstream.timeout` is a stalled one (504 too). Bodies then stream for as
-//!   long as they take.
+//!   `upstream.timeout` is a stalled one (504 too), and a client that sends
+//!   none of it for `server.body_read_timeout` a stalled client (408).
+//!   Bodies then stream for as long as they take.
 //! - A client whose body breaks mid-stream (bad chunk, reset) gets a 400
 //!   `client_body`, not a 502: the upstream did nothing wrong.
 //! - `CONNECT` is refused (501): wxgate is a reverse proxy, not a tunnel.
@@ -32,6 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -59,6 +62,7 @@ struct Target {
     base_path: String,
     connect_timeout: Duration,
     timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 /// The forwarding service. Cheap to clone; each worker thread builds its own
@@ -70,7 +74,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig, body_read_timeout: Duration) -> Result<Self, String> {
         let uri = crate::config::parse_base_url(&config.url, &["http"])?;
         let parts = uri.into_parts();
         let authority = parts.authority.ok_or("upstream.url has no host")?;
@@ -92,6 +96,7 @@ impl Proxy {
                 base_path,
                 connect_timeout: config.connect_timeout.get(),
                 timeout: config.timeout.get(),
+                body_read_timeout,
             }),
         })
     }
@@ -127,19 +132,34 @@ impl Proxy {
         let request = self.pool.send(req);
         tokio::pin!(request);
         let timeout = self.target.timeout;
+        let body_timeout = self.target.body_read_timeout;
         // The response timeout runs from the end of the request body: until
         // then, a slow answer may just be a long upload. While the body
-        // streams, the upstream must keep taking it: a whole `timeout` in
-        // which it took nothing the client had ready is its stall (504). A
-        // client slow to send is its own business and is waited for.
+        // streams, nothing moving is somebody's stall, told by who was last
+        // waited on: the upstream taking nothing the client had ready for
+        // `upstream.timeout` (504), or the client sending nothing for
+        // `server.body_read_timeout` (408; the upstream request is dropped,
+        // so the backend sees a cut connection, never a complete request).
+        // Checked every half of the shorter one: a stall is caught between
+        // its timeout and one and a half times it.
+        let period = timeout.min(body_timeout) / 2;
+        let mut frames = progress.frames();
+        let mut still_since = Instant::now();
         let (outcome, body_end) = loop {
-            let frames = progress.frames();
             tokio::select! {
                 biased;
                 res = &mut request => break (Some(res), sent.try_recv().ok()),
                 end = &mut sent => break (tokio::time::timeout(timeout, &mut request).await.ok(), end.ok()),
-                () = tokio::time::sleep(timeout) => {
-                    if progress.frames() == frames && !progress.waiting_on_client() {
+                () = tokio::time::sleep(period) => {
+                    let now = Instant::now();
+                    if progress.frames() != frames {
+                        frames = progress.frames();
+                        still_since = now;
+                    } else if progress.waiting_on_client() {
+                        if now - still_since >= body_timeout {
+                            return Err(Error::ClientTimeout);
+                        }
+                    } else if now - still_since >= timeout {
                         break (None, None);
                     }
                 }

@@ -1707,6 +1707,53 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_a_cut_request() {
+    let gate = gate(|c| c.server.body_read_timeout = wxgate::config::HumanDuration(Duration::from_millis(500))).await;
+    for path in ["/upload", "/api/login"] {
+        let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+        stream
+            .write_all(format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789").as_bytes())
+            .await
+            .unwrap();
+        // Nothing more is sent; the connection stays open on the client's side.
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "{path}: a stalled body holds its request forever");
+        let res = RawResponse::parse(&out).unwrap_or_else(|| panic!("{path}: no answer: {out:?}"));
+        assert_raw_error(&res, 408, "client_timeout");
+        assert_eq!(res.header("connection"), Some("close"), "{path}");
+    }
+    // The backend's half of the upload was cut, not left waiting: /upload
+    // records its request once its body ends, whichever way.
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        while !gate.upstream.received().iter().any(|r| r.uri == "/upload") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the upstream request was left open");
+    assert_eq!(gate.upstream.upload_progress(), 10);
+    // A slow but steady client is not a stalled one.
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"POST /steady HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(b"ab").await.unwrap();
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(gate.upstream.last().body, &b"abababab"[..]);
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_codings_other_than_chunked_are_refused_both_ways() {
     let gate = gate(|_| {}).await;
     // hyper would undo the chunking only, and the upstream would get gzip
