@@ -1748,7 +1748,11 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_a_cut_req
         .await
         .unwrap()
         .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert_eq!(gate.upstream.last().body, &b"abababab"[..]);
     finish(gate).await;
 }
