@@ -149,7 +149,9 @@ pub fn init() {
 }
 
 struct LocalRequestMetrics {
-    counters: HashMap<(RouteKind, u16), LocalIntCounter>,
+    /// A short list (one entry per route and status seen), the most common
+    /// first after a while: a linear search beats hashing the key.
+    counters: Vec<((RouteKind, u16), LocalIntCounter)>,
     durations: [LocalHistogram; 3],
     /// Login and phone outcomes: (family, label, label).
     labeled: HashMap<(Family, &'static str, &'static str), LocalIntCounter>,
@@ -174,7 +176,7 @@ fn with_local<R>(f: impl FnOnce(&mut LocalRequestMetrics) -> R) -> R {
     LOCAL.with(|cell| {
         let mut slot = cell.borrow_mut();
         let local = slot.get_or_insert_with(|| LocalRequestMetrics {
-            counters: HashMap::new(),
+            counters: Vec::new(),
             durations: RouteKind::ALL.map(|r| METRICS.duration.with_label_values(&[r.as_str()]).local()),
             labeled: HashMap::new(),
             in_flight_delta: 0,
@@ -201,16 +203,25 @@ pub fn request_started() {
 pub fn request_finished(route: RouteKind, status: u16, elapsed: Duration, now: Instant) {
     with_local(|l| {
         l.in_flight_delta -= 1;
-        l.counters
-            .entry((route, status))
-            .or_insert_with(|| {
+        let key = (route, status);
+        match l.counters.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                l.counters[i].1.inc();
+                // Keeps the busiest keys in front.
+                if i > 0 && l.counters[i].1.get() > l.counters[i - 1].1.get() {
+                    l.counters.swap(i, i - 1);
+                }
+            }
+            None => {
                 let status = status.to_string();
-                METRICS
+                let counter = METRICS
                     .requests
                     .with_label_values(&[route.as_str(), status.as_str()])
-                    .local()
-            })
-            .inc();
+                    .local();
+                counter.inc();
+                l.counters.push((key, counter));
+            }
+        }
         l.durations[route_index(route)].observe(elapsed.as_secs_f64());
         if now.duration_since(l.last_flush) >= FLUSH_EVERY {
             flush(l, now);
@@ -219,7 +230,7 @@ pub fn request_finished(route: RouteKind, status: u16, elapsed: Duration, now: I
 }
 
 fn flush(l: &mut LocalRequestMetrics, now: Instant) {
-    for c in l.counters.values_mut() {
+    for (_, c) in &mut l.counters {
         c.flush();
     }
     for c in l.labeled.values_mut() {

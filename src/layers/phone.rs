@@ -92,14 +92,15 @@ pub struct PhoneRequest {
 /// Parses the phone route's body: `{"encryptedData","iv"}`, `{"code"}`, or both.
 pub fn parse_request(body: &[u8]) -> Result<PhoneRequest, Error> {
     let invalid = |m: &str| Error::InvalidRequest(m.to_owned());
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
         return Err(invalid(
             "the body must be a JSON object with \"encryptedData\" and \"iv\", or \"code\"",
         ));
     };
-    let field = |name: &str| match map.get(name) {
+    // The strings are moved out of the parsed body, not copied.
+    let mut field = |name: &str| match map.remove(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
         Some(_) => Err(Error::InvalidRequest(format!("\"{name}\" must be a non-empty string"))),
     };
     let (data, iv, code) = (field("encryptedData")?, field("iv")?, field("code")?);
