@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -37,9 +38,15 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64, timeout: 
         }
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit_usize).collect())
-        .await
-        .map_err(|_| Error::ClientTimeout)?;
+    // A small body usually came with its head: no timer for it then.
+    let collect = Limited::new(body, limit_usize).collect();
+    tokio::pin!(collect);
+    let collected = match (&mut collect).now_or_never() {
+        Some(collected) => collected,
+        None => tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| Error::ClientTimeout)?,
+    };
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),

@@ -141,16 +141,27 @@ impl Proxy {
         // `server.body_read_timeout` (408; the upstream request is dropped,
         // so the backend sees a cut connection, never a complete request).
         // Checked every half of the shorter one: a stall is caught between
-        // its timeout and one and a half times it.
+        // its timeout and one and a half times it. One timer serves the
+        // whole request: moved later, a tokio timer is not re-registered.
         let period = timeout.min(body_timeout) / 2;
         let mut frames = progress.frames();
         let mut still_since = Instant::now();
+        let sleep = tokio::time::sleep_until(still_since + period);
+        tokio::pin!(sleep);
         let (outcome, body_end) = loop {
             tokio::select! {
                 biased;
                 res = &mut request => break (Some(res), sent.try_recv().ok()),
-                end = &mut sent => break (tokio::time::timeout(timeout, &mut request).await.ok(), end.ok()),
-                () = tokio::time::sleep(period) => {
+                end = &mut sent => {
+                    sleep.as_mut().reset(Instant::now() + timeout);
+                    let outcome = tokio::select! {
+                        biased;
+                        res = &mut request => Some(res),
+                        () = &mut sleep => None,
+                    };
+                    break (outcome, end.ok());
+                }
+                () = &mut sleep => {
                     let now = Instant::now();
                     if progress.frames() != frames {
                         frames = progress.frames();
@@ -162,6 +173,7 @@ impl Proxy {
                     } else if now - still_since >= timeout {
                         break (None, None);
                     }
+                    sleep.as_mut().reset(now + period);
                 }
             }
         };

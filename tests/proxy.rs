@@ -1186,6 +1186,9 @@ async fn a_slow_upstream_is_a_504_json() {
     let gate = gate(|c| c.upstream.timeout = wxgate::config::HumanDuration(Duration::from_millis(300))).await;
     let a = gate.get("/slow?ms=5000", None).await;
     a.assert_error(504, "upstream_timeout");
+    // With a body, the timeout starts once the body is sent.
+    let a = gate.post("/slow?ms=5000", None, json!({"pad": "x".repeat(1000)})).await;
+    a.assert_error(504, "upstream_timeout");
     // A fast answer on the same gate is still fine.
     assert_eq!(gate.get("/slow?ms=1", None).await.status, 200);
     finish(gate).await;
