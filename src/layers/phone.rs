@@ -17,10 +17,14 @@
 //!   length) before it becomes a header; a refused request never reaches the
 //!   backend.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use tower::Service;
 
@@ -82,28 +86,103 @@ impl RouteLayer<PhoneRoute> {
     }
 }
 
-/// What the client sent.
+/// What the client sent; the strings borrow from the body when they can.
 #[derive(Debug, PartialEq, Eq)]
-pub struct PhoneRequest {
-    pub encrypted: Option<(String, String)>,
-    pub code: Option<String>,
+pub struct PhoneRequest<'a> {
+    pub encrypted: Option<(Cow<'a, str>, Cow<'a, str>)>,
+    pub code: Option<Cow<'a, str>>,
+}
+
+/// One field of the body as sent: absent (or null), a string, or anything
+/// else. Reading it never fails, so each field gets its own error message.
+#[derive(Default)]
+enum Field<'a> {
+    #[default]
+    Absent,
+    Str(Cow<'a, str>),
+    Wrong,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Absent)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Absent)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Wrong)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Field::Wrong)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Field::Wrong)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Field::Wrong)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Wrong)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Wrong)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The phone body's fields; any others are skipped unread.
+#[derive(Deserialize)]
+struct RawPhoneRequest<'a> {
+    #[serde(rename = "encryptedData", default, borrow)]
+    encrypted_data: Field<'a>,
+    #[serde(default, borrow)]
+    iv: Field<'a>,
+    #[serde(default, borrow)]
+    code: Field<'a>,
+}
+
+fn field<'a>(name: &str, f: Field<'a>) -> Result<Option<Cow<'a, str>>, Error> {
+    match f {
+        Field::Absent => Ok(None),
+        Field::Str(s) if !s.is_empty() => Ok(Some(s)),
+        _ => Err(Error::InvalidRequest(format!("\"{name}\" must be a non-empty string"))),
+    }
 }
 
 /// Parses the phone route's body: `{"encryptedData","iv"}`, `{"code"}`, or both.
-pub fn parse_request(body: &[u8]) -> Result<PhoneRequest, Error> {
+pub fn parse_request(body: &[u8]) -> Result<PhoneRequest<'_>, Error> {
     let invalid = |m: &str| Error::InvalidRequest(m.to_owned());
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
-        return Err(invalid(
-            "the body must be a JSON object with \"encryptedData\" and \"iv\", or \"code\"",
-        ));
-    };
-    // The strings are moved out of the parsed body, not copied.
-    let mut field = |name: &str| match map.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Some(_) => Err(Error::InvalidRequest(format!("\"{name}\" must be a non-empty string"))),
-    };
-    let (data, iv, code) = (field("encryptedData")?, field("iv")?, field("code")?);
+    let not_an_object = || invalid("the body must be a JSON object with \"encryptedData\" and \"iv\", or \"code\"");
+    // An object only: the derived visitor would also take an array of the
+    // fields in order.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_an_object());
+    }
+    let raw: RawPhoneRequest<'_> = serde_json::from_slice(body).map_err(|_| not_an_object())?;
+    let data = field("encryptedData", raw.encrypted_data)?;
+    let iv = field("iv", raw.iv)?;
+    let code = field("code", raw.code)?;
     let encrypted = match (data, iv) {
         (Some(d), Some(i)) => Some((d, i)),
         (None, None) => None,
@@ -324,6 +403,34 @@ mod tests {
         assert_eq!(r.code.as_deref(), Some("c"));
         let r = parse_request(br#"{"encryptedData":"a","iv":"b","code":"c","other":1}"#).unwrap();
         assert!(r.encrypted.is_some() && r.code.is_some());
+    }
+
+    #[test]
+    fn fields_are_read_whatever_else_the_body_holds() {
+        // Escapes are undone; nulls are absent; other fields of any shape are skipped.
+        let r = parse_request(
+            br#" {"other":{"a":[1,{"b":null}]},"encryptedData":"a\/b","iv":"c\u0064","code":null,"x":[true]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.encrypted, Some(("a/b".into(), "cd".into())));
+        assert_eq!(r.code, None);
+        // A wrong type names its field.
+        for (body, field) in [
+            (&br#"{"encryptedData":{"x":1},"iv":"b"}"#[..], "encryptedData"),
+            (br#"{"encryptedData":"a","iv":["b"]}"#, "iv"),
+            (br#"{"code":true}"#, "code"),
+            (br#"{"code":1.5}"#, "code"),
+        ] {
+            match parse_request(body) {
+                Err(Error::InvalidRequest(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An array of the fields in order is not an object.
+        assert!(matches!(
+            parse_request(br#"["a","b","c"]"#),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The embedded session store: moka caches in this process.
 //!
 //! - sessions: token → `Arc<Session>`, bounded by `session.max_entries`
-//!   (least-used evicted first) and expiring `session.ttl` after the login.
+//!   (the least recently used evicted first) and expiring `session.ttl`
+//!   after the login. The policy is LRU, not moka's default TinyLFU: TinyLFU
+//!   may refuse a new entry when the cache is full and its old entries are
+//!   read more often, and a refused session is a user who just logged in
+//!   and is told at once to log in again.
 //!   Replacing a session (to remember a phone number) keeps its deadline.
 //!   The deadline is checked on every read (a session past it is removed and
 //!   never served); moka itself drops sessions idle for a whole `ttl`. A
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 
 use super::{Session, SessionStore, SessionToken};
 use crate::config::SessionConfig;
@@ -38,10 +43,12 @@ impl MemoryStore {
             ttl_secs: config.ttl.get().as_secs(),
             sessions: Cache::builder()
                 .max_capacity(config.max_entries)
+                .eviction_policy(EvictionPolicy::lru())
                 .time_to_idle(config.ttl.get())
                 .build(),
             keys: Cache::builder()
                 .max_capacity(config.max_entries)
+                .eviction_policy(EvictionPolicy::lru())
                 .time_to_live(config.previous_key_ttl.get())
                 .build(),
         }
@@ -126,6 +133,40 @@ mod tests {
             .unwrap();
         assert_eq!(&*store.get(t).await.unwrap().unwrap().openid, "o1");
         assert!(store.get(SessionToken::generate()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_keeps_new_logins_and_evicts_the_least_recently_used() {
+        let config = SessionConfig {
+            max_entries: 50,
+            ..SessionConfig::default()
+        };
+        let store = MemoryStore::new(&config);
+        let now = super::super::unix_now();
+        let old: Vec<SessionToken> = (0..50).map(|_| SessionToken::generate()).collect();
+        for t in &old {
+            store
+                .insert(*t, session("old", SessionKey::random(), now))
+                .await
+                .unwrap();
+        }
+        // The old users are busy: each session is read many times.
+        for _ in 0..20 {
+            for t in &old {
+                store.get(*t).await.unwrap();
+            }
+        }
+        // New users log in while the store is full: each must keep its session.
+        for i in 0..10 {
+            let t = SessionToken::generate();
+            store
+                .insert(t, session("new", SessionKey::random(), now))
+                .await
+                .unwrap();
+            store.sessions.run_pending_tasks().await;
+            assert!(store.get(t).await.unwrap().is_some(), "new login {i} was refused");
+        }
+        assert!(store.count().await <= 50);
     }
 
     #[tokio::test]

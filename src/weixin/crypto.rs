@@ -221,10 +221,13 @@ pub fn decrypt_raw(key: &SessionKey, iv_b64: &str, data_b64: &str) -> Result<Vec
 /// Parses decrypted bytes: UTF-8, a JSON object, the known fields of the right types.
 pub fn parse_plaintext(plaintext: &[u8]) -> Result<DecryptedData, DecryptError> {
     let text = std::str::from_utf8(plaintext).map_err(|_| DecryptError::Decrypt)?;
-    // Through a Map first: serde's derived struct visitor would also accept a JSON array.
-    let object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|_| DecryptError::Decrypt)?;
-    serde_json::from_value(serde_json::Value::Object(object)).map_err(|_| DecryptError::Decrypt)
+    // An object only: serde's derived struct visitor would also accept a JSON
+    // array of the fields in order. Parsed straight into the struct, the
+    // fields wxgate does not read are skipped, not built.
+    if !text.trim_start().starts_with('{') {
+        return Err(DecryptError::Decrypt);
+    }
+    serde_json::from_str(text).map_err(|_| DecryptError::Decrypt)
 }
 
 /// Encrypts `plaintext` the way WeChat does (AES-128-CBC, PKCS#7) and returns standard padded
@@ -243,6 +246,10 @@ pub fn encrypt(key: &SessionKey, iv: &[u8; 16], plaintext: &[u8]) -> String {
 
 /// Lenient base64: ASCII whitespace dropped, padding optional. `None` when not base64.
 fn decode_base64(input: &str) -> Option<Vec<u8>> {
+    if !input.bytes().any(|b| b.is_ascii_whitespace()) {
+        // The usual case: nothing to drop, nothing to copy.
+        return LENIENT_BASE64.decode(input).ok();
+    }
     let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     LENIENT_BASE64.decode(compact).ok()
 }
