@@ -246,9 +246,13 @@ pub fn encrypt(key: &SessionKey, iv: &[u8; 16], plaintext: &[u8]) -> String {
 
 /// Lenient base64: ASCII whitespace dropped, padding optional. `None` when not base64.
 fn decode_base64(input: &str) -> Option<Vec<u8>> {
+    // The usual case first: no whitespace, nothing to drop or copy. Only
+    // input that does not decode as it is gets looked at for whitespace.
+    if let Ok(bytes) = LENIENT_BASE64.decode(input) {
+        return Some(bytes);
+    }
     if !input.bytes().any(|b| b.is_ascii_whitespace()) {
-        // The usual case: nothing to drop, nothing to copy.
-        return LENIENT_BASE64.decode(input).ok();
+        return None;
     }
     let compact: Vec<u8> = input.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     LENIENT_BASE64.decode(compact).ok()
