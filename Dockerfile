@@ -10,6 +10,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin wxgate \
     && cp target/release/wxgate /wxgate
 
