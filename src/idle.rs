@@ -78,13 +78,20 @@ struct Entry {
 pub struct Watch {
     timeout: Duration,
     entries: Vec<Entry>,
+    /// At this many entries, [`Watch::add`] first forgets ended connections.
+    prune_at: usize,
 }
+
+/// The least `prune_at`: ended connections are forgotten at least this
+/// often between sweeps.
+const PRUNE_MIN: usize = 1024;
 
 impl Watch {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             entries: Vec::new(),
+            prune_at: PRUNE_MIN,
         }
     }
 
@@ -96,7 +103,17 @@ impl Watch {
 
     /// Watches a connection just accepted: `task` serves it, `activity` is
     /// what its service reports.
+    ///
+    /// An `AbortHandle` keeps its task's allocation (the size of the
+    /// connection's future) until it is dropped, so with many short
+    /// connections the ended ones are also forgotten here, whenever the list
+    /// has doubled since the last time: amortised, a check per accept, and
+    /// at most about twice the open connections (or 1024) kept between sweeps.
     pub fn add(&mut self, activity: Arc<Activity>, task: AbortHandle) {
+        if self.entries.len() >= self.prune_at {
+            self.entries.retain(|e| !e.task.is_finished());
+            self.prune_at = (self.entries.len() * 2).max(PRUNE_MIN);
+        }
         self.entries.push(Entry {
             activity,
             task,
@@ -208,6 +225,24 @@ mod tests {
         task.await.unwrap();
         assert_eq!(watch.sweep(Instant::now()), 0);
         assert!(watch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_short_connections_are_forgotten_between_sweeps() {
+        let mut watch = Watch::new(Duration::from_secs(30));
+        let open = connection();
+        watch.add(Activity::new(), open.clone());
+        for _ in 0..5000 {
+            let task = tokio::spawn(async {});
+            let handle = task.abort_handle();
+            task.await.unwrap();
+            watch.add(Activity::new(), handle);
+        }
+        assert!(watch.len() <= PRUNE_MIN + 1, "{} entries kept", watch.len());
+        // The open connection is still watched.
+        assert_eq!(watch.sweep(Instant::now() + Duration::from_secs(30)), 1);
+        tokio::task::yield_now().await;
+        assert!(open.is_finished());
     }
 
     #[test]
