@@ -13,6 +13,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::config::ServerConfig;
 use crate::error::Error;
 
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -27,9 +28,30 @@ pub fn empty() -> Body {
     Either::Right(Full::new(Bytes::new()))
 }
 
-/// Reads a body of at most `limit` bytes within `timeout`. A declared
-/// Content-Length over the limit is refused before anything is read.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64, timeout: Duration) -> Result<Bytes, Error> {
+/// How much of a body wxgate reads itself (login and phone routes), and how
+/// long it waits for it: `server.max_body_bytes`, `server.body_read_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            max_bytes: config.max_body_bytes,
+            timeout: config.body_read_timeout.get(),
+        }
+    }
+}
+
+/// Reads a body of at most `limits.max_bytes` within `limits.timeout`. A
+/// declared Content-Length over the limit is refused before anything is read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Bytes, Error> {
+    let Limits {
+        max_bytes: limit,
+        timeout,
+    } = limits;
     if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             Some(n) if n > limit => return Err(Error::BodyTooLarge { limit }),
@@ -58,24 +80,29 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64, timeout: 
 mod tests {
     use super::*;
 
-    const SECOND: Duration = Duration::from_secs(1);
+    fn limits(max_bytes: u64) -> Limits {
+        Limits {
+            max_bytes,
+            timeout: Duration::from_secs(1),
+        }
+    }
 
     #[tokio::test]
     async fn limits_are_enforced_with_and_without_content_length() {
         let mut h = HeaderMap::new();
-        assert_eq!(read_limited(&h, full("hello"), 5, SECOND).await.unwrap(), "hello");
+        assert_eq!(read_limited(&h, full("hello"), limits(5)).await.unwrap(), "hello");
         assert!(matches!(
-            read_limited(&h, full("hello!"), 5, SECOND).await,
+            read_limited(&h, full("hello!"), limits(5)).await,
             Err(Error::BodyTooLarge { limit: 5 })
         ));
         h.insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
         assert!(matches!(
-            read_limited(&h, full("x"), 5, SECOND).await,
+            read_limited(&h, full("x"), limits(5)).await,
             Err(Error::BodyTooLarge { .. })
         ));
         h.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
         assert!(matches!(
-            read_limited(&h, full("x"), 5, SECOND).await,
+            read_limited(&h, full("x"), limits(5)).await,
             Err(Error::InvalidRequest(_))
         ));
     }

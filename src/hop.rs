@@ -106,12 +106,7 @@ impl HopByHop {
     }
 }
 
-/// Removes every hop-by-hop header (see [`HopByHop::strip`]).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    HopByHop::scan(headers).strip(headers);
-}
-
-pub fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
+fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
     headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
         v.to_str().map_or(true, |s| {
             s.split(',')
@@ -121,7 +116,7 @@ pub fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
     })
 }
 
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
 }
 
@@ -222,7 +217,7 @@ mod tests {
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        HopByHop::scan(&h).strip(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
     }

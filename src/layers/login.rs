@@ -70,8 +70,7 @@ pub type Login<S> = Route<S, LoginRoute>;
 pub struct LoginRoute {
     path: Box<str>,
     mode: LoginMode,
-    max_body: u64,
-    body_timeout: std::time::Duration,
+    body_limits: body::Limits,
     ttl_secs: u64,
     shared: Arc<LoginShared>,
     store: Arc<dyn SessionStore>,
@@ -90,8 +89,7 @@ impl RouteLayer<LoginRoute> {
         Self::from_handler(LoginRoute {
             path: config.login.path.as_str().into(),
             mode: config.login.mode,
-            max_body: config.server.max_body_bytes,
-            body_timeout: config.server.body_read_timeout.get(),
+            body_limits: body::Limits::new(&config.server),
             ttl_secs: config.session.ttl.get().as_secs(),
             shared,
             store,
@@ -129,7 +127,7 @@ impl LoginRoute {
             return Err(Error::MethodNotAllowed("POST"));
         }
         let (mut parts, body) = req.into_parts();
-        let bytes = body::read_limited(&parts.headers, body, self.max_body, self.body_timeout).await?;
+        let bytes = body::read_limited(&parts.headers, body, self.body_limits).await?;
         let code = extract_code(&parts.headers, &bytes, parts.uri.query())?;
         let previous = parts.extensions.get::<CurrentSession>().cloned();
 

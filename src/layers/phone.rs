@@ -51,8 +51,7 @@ pub type Phone<S> = Route<S, PhoneRoute>;
 pub struct PhoneRoute {
     path: Box<str>,
     appid: Box<str>,
-    max_body: u64,
-    body_timeout: std::time::Duration,
+    body_limits: body::Limits,
     max_age: Option<u64>,
     remember: bool,
     forward_body: ForwardBody,
@@ -73,8 +72,7 @@ impl RouteLayer<PhoneRoute> {
         Self::from_handler(PhoneRoute {
             path: config.phone.path.as_str().into(),
             appid: config.weixin.appid.as_str().into(),
-            max_body: config.server.max_body_bytes,
-            body_timeout: config.server.body_read_timeout.get(),
+            body_limits: body::Limits::new(&config.server),
             max_age: config.phone.max_age.map(|d| d.get().as_secs()),
             remember: config.phone.remember,
             forward_body: config.phone.forward_body,
@@ -227,7 +225,7 @@ impl PhoneRoute {
             return Err(Error::SessionRequired);
         };
         let (mut parts, body) = req.into_parts();
-        let bytes = body::read_limited(&parts.headers, body, self.max_body, self.body_timeout).await?;
+        let bytes = body::read_limited(&parts.headers, body, self.body_limits).await?;
         let request = parse_request(&bytes)?;
 
         let (flow, result) = match (&request.encrypted, &request.code) {
