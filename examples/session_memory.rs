@@ -11,7 +11,6 @@
 //! WeChat's), no unionid, a random session key, no phone. `bench/run` runs it
 //! for BENCHMARKS.md.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use wxgate::config::SessionConfig;
@@ -49,14 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let now = unix_now();
         for i in 0..n {
-            let session = Session {
-                openid: format!("o{i:027}").into(),
-                unionid: None,
-                session_key: SessionKey::random(),
-                created_at: now,
-                phone: None,
-            };
-            store.insert(SessionToken::generate(), Arc::new(session)).await?;
+            let session = Session::new(&format!("o{i:027}"), None, SessionKey::random(), now);
+            store.insert(SessionToken::generate(), session).await?;
         }
         let elapsed = started.elapsed();
         // Settles moka's pending writes before measuring.

@@ -29,7 +29,7 @@ use crate::session::{PhoneNumber, Session, SessionStore, SessionToken};
 #[derive(Clone)]
 pub struct CurrentSession {
     pub token: SessionToken,
-    pub session: Arc<Session>,
+    pub session: Session,
 }
 
 /// The header names wxgate sends upstream, parsed once.
@@ -67,14 +67,14 @@ impl IdentityHeaders {
 
     /// Sets openid, unionid (or removes it) and appid for `session`.
     pub fn insert_identity(&self, headers: &mut HeaderMap, session: &Session) {
-        match HeaderValue::from_str(&session.openid) {
+        match HeaderValue::from_str(session.openid()) {
             Ok(v) => {
                 headers.insert(&self.openid, v);
             }
             // Login refuses such openids; never forward a half identity.
             Err(_) => return,
         }
-        match session.unionid.as_deref().and_then(|u| HeaderValue::from_str(u).ok()) {
+        match session.unionid().and_then(|u| HeaderValue::from_str(u).ok()) {
             Some(v) => {
                 headers.insert(&self.unionid, v);
             }
@@ -176,7 +176,7 @@ where
                     let headers = req.headers_mut();
                     state.headers.insert_identity(headers, &session);
                     if state.remember_phone
-                        && let Some(phone) = &session.phone
+                        && let Some(phone) = session.phone()
                     {
                         state.headers.insert_phone(headers, phone);
                     }

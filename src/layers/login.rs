@@ -42,7 +42,7 @@ use crate::weixin::client::WeixinClient;
 #[derive(Clone)]
 struct Issued {
     token: SessionToken,
-    session: Arc<Session>,
+    session: Session,
 }
 
 /// State shared by every worker: the code cache must be one, or a retry
@@ -145,14 +145,14 @@ impl LoginRoute {
         let issued = entry.into_value();
         let token = HeaderValue::from_str(&issued.token.to_text())
             .map_err(|_| Error::Internal("session token is not a header value".into()))?;
-        let age = unix_now().saturating_sub(issued.session.created_at);
+        let age = unix_now().saturating_sub(issued.session.created_at());
         let expires_in = self.ttl_secs.saturating_sub(age);
 
         let mut res = match self.mode {
             LoginMode::Respond => {
                 let body = serde_json::json!({
                     "session": issued.token.to_text(),
-                    "openid": &*issued.session.openid,
+                    "openid": issued.session.openid(),
                     "expires_in": expires_in,
                 });
                 let mut res = Response::new(body::full(body.to_string()));
@@ -182,20 +182,16 @@ impl LoginRoute {
     async fn exchange(&self, code: &str, previous: Option<CurrentSession>) -> Result<Issued, Error> {
         {
             let login = self.weixin.code2session(code).await?;
-            let session = Arc::new(Session {
-                openid: login.openid.into(),
-                unionid: login.unionid.map(Into::into),
-                session_key: login.session_key,
-                created_at: unix_now(),
-                phone: None,
-            });
-            if let Some(prev) = previous.filter(|p| p.session.openid == session.openid) {
-                self.store.record_key(&session.openid, prev.session.session_key).await?;
+            let session = Session::new(&login.openid, login.unionid.as_deref(), login.session_key, unix_now());
+            if let Some(prev) = previous.filter(|p| p.session.openid() == session.openid()) {
+                self.store
+                    .record_key(session.openid(), *prev.session.session_key())
+                    .await?;
             }
-            self.store.record_key(&session.openid, session.session_key).await?;
+            self.store.record_key(session.openid(), *session.session_key()).await?;
             let token = SessionToken::generate();
             self.store.insert(token, session.clone()).await?;
-            tracing::debug!(openid = %session.openid, unionid = session.unionid.is_some(), "login: new session");
+            tracing::debug!(openid = %session.openid(), unionid = session.unionid().is_some(), "login: new session");
             Ok(Issued { token, session })
         }
     }

@@ -251,14 +251,11 @@ impl PhoneRoute {
             }
         };
         metrics::phone(flow, "ok");
-        tracing::info!(openid = %current.session.openid, phone = %mask_phone(&phone.phone_number), flow, "phone number established");
+        tracing::info!(openid = %current.session.openid(), phone = %mask_phone(&phone.phone_number), flow, "phone number established");
 
-        if self.remember && current.session.phone.as_deref() != Some(&phone) {
-            let session = Session {
-                phone: Some(Box::new(phone.clone())),
-                ..Session::clone(&current.session)
-            };
-            if let Err(e) = self.store.insert(current.token, Arc::new(session)).await {
+        if self.remember && current.session.phone() != Some(&phone) {
+            let session = current.session.with_phone(phone.clone());
+            if let Err(e) = self.store.insert(current.token, session).await {
                 tracing::warn!(error = %e, "cannot remember the phone number in the session");
             }
         }
@@ -276,12 +273,16 @@ impl PhoneRoute {
     /// The legacy flow: the session's key, then the user's previous keys.
     async fn decrypt(&self, session: &Session, data: &str, iv: &str) -> Result<PhoneNumber, Error> {
         let format_error = |e: DecryptError| Error::InvalidRequest(format!("encryptedData/iv: {e}"));
-        let decrypted = match crypto::decrypt(&session.session_key, iv, data) {
+        let decrypted = match crypto::decrypt(session.session_key(), iv, data) {
             Ok(d) => d,
             Err(e) if e.is_client_format_error() => return Err(format_error(e)),
             Err(_) => {
-                let previous: Vec<SessionKey> = match self.store.recent_keys(&session.openid).await {
-                    Ok(keys) => keys.into_iter().filter(|k| *k != session.session_key).take(2).collect(),
+                let previous: Vec<SessionKey> = match self.store.recent_keys(session.openid()).await {
+                    Ok(keys) => keys
+                        .into_iter()
+                        .filter(|k| k != session.session_key())
+                        .take(2)
+                        .collect(),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read previous session keys");
                         Vec::new()
@@ -291,7 +292,7 @@ impl PhoneRoute {
                 match found {
                     Some(d) => {
                         metrics::phone("decrypt", "previous_key");
-                        tracing::debug!(openid = %session.openid, "decrypted with a previous session key");
+                        tracing::debug!(openid = %session.openid(), "decrypted with a previous session key");
                         d
                     }
                     None => return Err(Error::DecryptFailed),
@@ -328,13 +329,13 @@ impl PhoneRoute {
     /// The code flow: one billed call, plus one retry after a token refresh.
     async fn exchange(&self, session: &Session, code: &str) -> Result<PhoneNumber, Error> {
         let token = self.tokens.get(&self.weixin).await?;
-        let info = match self.weixin.get_user_phone_number(&token, code, &session.openid).await {
+        let info = match self.weixin.get_user_phone_number(&token, code, session.openid()).await {
             Ok(info) => info,
             Err(PhoneCallError::Failed(e)) => return Err(e),
             Err(PhoneCallError::TokenRejected { errcode }) => {
                 tracing::info!(errcode, "WeChat rejected the access token; refreshing once");
                 let fresh = self.tokens.refresh_after_rejection(&self.weixin, &token).await?;
-                match self.weixin.get_user_phone_number(&fresh, code, &session.openid).await {
+                match self.weixin.get_user_phone_number(&fresh, code, session.openid()).await {
                     Ok(info) => info,
                     Err(PhoneCallError::Failed(e)) => return Err(e),
                     Err(PhoneCallError::TokenRejected { errcode }) => {

@@ -1,6 +1,6 @@
 //! The embedded session store: moka caches in this process.
 //!
-//! - sessions: token → `Arc<Session>`, bounded by `session.max_entries`
+//! - sessions: token → [`Session`] (56 bytes, held by value), bounded by `session.max_entries`
 //!   (the least recently used evicted first) and expiring `session.ttl`
 //!   after the login. The policy is LRU, not moka's default TinyLFU: TinyLFU
 //!   may refuse a new entry when the cache is full and its old entries are
@@ -10,7 +10,7 @@
 //!   The deadline is checked on every read (a session past it is removed and
 //!   never served); moka itself drops sessions idle for a whole `ttl`. A
 //!   per-entry expiry in moka would do the same at about 42 more bytes per
-//!   session (measured with `examples/session_memory.rs`: 428 vs 386 B).
+//!   session (measured with `examples/session_memory.rs`).
 //! - recent keys: openid → the user's last session keys, kept only
 //!   `session.previous_key_ttl` after a login. The race it serves (the mini
 //!   program called `wx.login` during the phone callback) lasts minutes, so
@@ -33,7 +33,7 @@ const KEYS_KEPT: usize = 3;
 
 pub struct MemoryStore {
     ttl_secs: u64,
-    sessions: Cache<[u8; 16], Arc<Session>>,
+    sessions: Cache<[u8; 16], Session>,
     keys: Cache<Box<str>, Arc<[SessionKey]>>,
 }
 
@@ -56,10 +56,10 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Arc<Session>>, Error>> {
+    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>> {
         async move {
             match self.sessions.get(token.as_bytes()).await {
-                Some(s) if super::unix_now().saturating_sub(s.created_at) >= self.ttl_secs => {
+                Some(s) if super::unix_now().saturating_sub(s.created_at()) >= self.ttl_secs => {
                     self.sessions.invalidate(token.as_bytes()).await;
                     Ok(None)
                 }
@@ -69,7 +69,7 @@ impl SessionStore for MemoryStore {
         .boxed()
     }
 
-    fn insert(&self, token: SessionToken, session: Arc<Session>) -> BoxFuture<'_, Result<(), Error>> {
+    fn insert(&self, token: SessionToken, session: Session) -> BoxFuture<'_, Result<(), Error>> {
         async move {
             self.sessions.insert(*token.as_bytes(), session).await;
             Ok(())
@@ -113,14 +113,8 @@ mod tests {
     use super::*;
     use crate::config::HumanDuration;
 
-    fn session(openid: &str, key: SessionKey, created_at: u64) -> Arc<Session> {
-        Arc::new(Session {
-            openid: openid.into(),
-            unionid: None,
-            session_key: key,
-            created_at,
-            phone: None,
-        })
+    fn session(openid: &str, key: SessionKey, created_at: u64) -> Session {
+        Session::new(openid, None, key, created_at)
     }
 
     #[tokio::test]
@@ -131,7 +125,7 @@ mod tests {
             .insert(t, session("o1", SessionKey::random(), super::super::unix_now()))
             .await
             .unwrap();
-        assert_eq!(&*store.get(t).await.unwrap().unwrap().openid, "o1");
+        assert_eq!(store.get(t).await.unwrap().unwrap().openid(), "o1");
         assert!(store.get(SessionToken::generate()).await.unwrap().is_none());
     }
 

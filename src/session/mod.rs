@@ -76,27 +76,105 @@ impl fmt::Debug for PhoneNumber {
     }
 }
 
+/// The longest openid a session holds inline. WeChat's openids are 28
+/// characters; a longer one goes to the session's [`Extra`].
+const INLINE_OPENID: usize = 28;
+
 /// One logged-in user.
+///
+/// 56 bytes, cloned by copying: a session is read on every request that
+/// carries a token, and a million of them sit in the store. The openid is
+/// held inline; what most sessions never have (a unionid, a remembered phone
+/// number, an openid longer than WeChat's) is in one shared allocation.
 #[derive(Clone)]
 pub struct Session {
-    pub openid: Box<str>,
-    pub unionid: Option<Box<str>>,
-    pub session_key: SessionKey,
+    session_key: SessionKey,
+    /// The openid, padded with NULs, when it fits (openids are visible ASCII,
+    /// so never contain one); all zero when it is in `extra`.
+    openid: [u8; INLINE_OPENID],
+    /// Unix seconds of the login (a `u32` lasts until 2106).
+    created_at: u32,
+    extra: Option<Arc<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
+    openid: Option<Box<str>>,
+    unionid: Option<Box<str>>,
+    phone: Option<PhoneNumber>,
+}
+
+impl Session {
+    pub fn new(openid: &str, unionid: Option<&str>, session_key: SessionKey, created_at: u64) -> Self {
+        let mut inline = [0u8; INLINE_OPENID];
+        let mut extra = Extra {
+            unionid: unionid.map(Into::into),
+            ..Extra::default()
+        };
+        if openid.len() <= INLINE_OPENID && !openid.as_bytes().contains(&0) {
+            inline[..openid.len()].copy_from_slice(openid.as_bytes());
+        } else {
+            extra.openid = Some(openid.into());
+        }
+        Self {
+            session_key,
+            openid: inline,
+            created_at: u32::try_from(created_at).unwrap_or(u32::MAX),
+            extra: (extra.openid.is_some() || extra.unionid.is_some()).then(|| Arc::new(extra)),
+        }
+    }
+
+    /// The same session with `phone` remembered.
+    pub fn with_phone(&self, phone: PhoneNumber) -> Self {
+        let extra = self.extra.as_deref();
+        Self {
+            extra: Some(Arc::new(Extra {
+                openid: extra.and_then(|e| e.openid.clone()),
+                unionid: extra.and_then(|e| e.unionid.clone()),
+                phone: Some(phone),
+            })),
+            ..self.clone()
+        }
+    }
+
+    pub fn openid(&self) -> &str {
+        match self.extra.as_deref().and_then(|e| e.openid.as_deref()) {
+            Some(long) => long,
+            None => {
+                let len = self.openid.iter().position(|&b| b == 0).unwrap_or(INLINE_OPENID);
+                // Copied from a `&str` up to its end: always valid.
+                std::str::from_utf8(&self.openid[..len]).unwrap_or_default()
+            }
+        }
+    }
+
+    pub fn unionid(&self) -> Option<&str> {
+        self.extra.as_deref()?.unionid.as_deref()
+    }
+
+    /// The phone headers remembered for this session (`phone.remember`).
+    pub fn phone(&self) -> Option<&PhoneNumber> {
+        self.extra.as_deref()?.phone.as_ref()
+    }
+
+    pub fn session_key(&self) -> &SessionKey {
+        &self.session_key
+    }
+
     /// Unix seconds of the login.
-    pub created_at: u64,
-    /// Boxed: most sessions never get one, and a million sessions should not
-    /// each carry its room.
-    pub phone: Option<Box<PhoneNumber>>,
+    pub fn created_at(&self) -> u64 {
+        self.created_at.into()
+    }
 }
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("openid", &self.openid)
-            .field("unionid", &self.unionid)
+            .field("openid", &self.openid())
+            .field("unionid", &self.unionid())
             .field("session_key", &self.session_key)
             .field("created_at", &self.created_at)
-            .field("phone", &self.phone)
+            .field("phone", &self.phone())
             .finish()
     }
 }
@@ -105,10 +183,10 @@ impl fmt::Debug for Session {
 /// away); the embedded store never does.
 pub trait SessionStore: Send + Sync + 'static {
     /// The live session named by `token`, if any.
-    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Arc<Session>>, Error>>;
+    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>>;
 
     /// Stores a new session, or replaces one keeping its original expiry.
-    fn insert(&self, token: SessionToken, session: Arc<Session>) -> BoxFuture<'_, Result<(), Error>>;
+    fn insert(&self, token: SessionToken, session: Session) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Records a login's session key as `openid`'s newest. Keeps the user's
     /// two previous keys, for `session.previous_key_ttl`.
@@ -148,5 +226,55 @@ mod tests {
         assert_eq!(SessionToken::parse(b"!!!!!!!!!!!!!!!!!!!!!!"), None);
         assert_eq!(SessionToken::parse(&text.as_bytes()[..21]), None);
         assert!(!format!("{t:?}").contains(&text));
+    }
+
+    fn phone() -> PhoneNumber {
+        PhoneNumber {
+            phone_number: "13800006666".into(),
+            pure_phone_number: "13800006666".into(),
+            country_code: "86".into(),
+        }
+    }
+
+    #[test]
+    fn a_session_stays_small() {
+        // What a million cached sessions cost (BENCHMARKS.md, "Memory").
+        assert!(std::mem::size_of::<Session>() <= 56);
+    }
+
+    #[test]
+    fn openids_of_any_length_round_trip() {
+        let key = SessionKey::random();
+        for openid in [
+            "o",
+            "oABCDEFGHIJKLMNOPQRSTUVWXYZ0",
+            "oABCDEFGHIJKLMNOPQRSTUVWXYZ01",
+            &"x".repeat(128),
+        ] {
+            let s = Session::new(openid, None, key, 1_700_000_000);
+            assert_eq!(s.openid(), openid);
+            assert_eq!(s.unionid(), None);
+            assert_eq!(s.created_at(), 1_700_000_000);
+            assert_eq!(*s.session_key(), key);
+            let remembered = s.with_phone(phone());
+            assert_eq!(remembered.openid(), openid);
+            assert_eq!(remembered.phone(), Some(&phone()));
+        }
+    }
+
+    #[test]
+    fn a_remembered_phone_keeps_the_rest() {
+        let key = SessionKey::random();
+        let s = Session::new("o_long_enough_to_be_real_123", Some("union1"), key, 42);
+        assert_eq!(s.phone(), None);
+        let remembered = s.with_phone(phone());
+        assert_eq!(remembered.openid(), "o_long_enough_to_be_real_123");
+        assert_eq!(remembered.unionid(), Some("union1"));
+        assert_eq!(*remembered.session_key(), key);
+        assert_eq!(remembered.created_at(), 42);
+        assert_eq!(remembered.phone(), Some(&phone()));
+        // The original is untouched.
+        assert_eq!(s.phone(), None);
+        assert!(!format!("{remembered:?}").contains("13800006666"));
     }
 }
