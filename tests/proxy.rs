@@ -455,6 +455,44 @@ async fn a_client_pausing_mid_upload_is_not_timed_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_split_around_its_head_arrives_whole_with_its_length() {
+    // Whether the body came with its head or after it, it reaches the
+    // upstream once, in order, with its declared length (not re-chunked).
+    let gate = gate(|_| {}).await;
+    let first = pattern(0, 1000);
+    let rest = pattern(1000, 3000);
+    for (path, pause) in [("/whole", false), ("/split", true)] {
+        let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 4000\r\n\r\n").into_bytes();
+        head.extend_from_slice(&first);
+        if !pause {
+            head.extend_from_slice(&rest);
+        }
+        stream.write_all(&head).await.unwrap();
+        if pause {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stream.write_all(&rest).await.unwrap();
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let r = gate.upstream.last();
+        assert_eq!(r.uri, path);
+        assert_eq!(r.body, [first.as_slice(), rest.as_slice()].concat(), "{path}");
+        assert_eq!(values(&r.headers, "content-length"), ["4000"], "{path}");
+        assert!(r.headers.get("transfer-encoding").is_none(), "{path}");
+    }
+    finish(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_stops_reading_an_upload_is_a_504() {
     // It accepts and then reads nothing: once the socket buffers are full,
     // nothing moves, and upstream.timeout later wxgate gives up.
