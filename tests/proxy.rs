@@ -98,6 +98,20 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Reads what comes next on `stream` (within 15 s): it must start a 200.
+async fn assert_next_answer_is_200(stream: &mut TcpStream, what: &str) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 15 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{what}: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 /// Sends `request` on a fresh connection and reads one answer whose body has
 /// a Content-Length (wxgate's own answers do), leaving the connection open.
 async fn raw_one(addr: SocketAddr, request: &[u8]) -> RawResponse {
@@ -473,16 +487,7 @@ async fn an_upload_split_around_its_head_arrives_whole_with_its_length() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             stream.write_all(&rest).await.unwrap();
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{path}: {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+        assert_next_answer_is_200(&mut stream, path).await;
         let r = gate.upstream.last();
         assert_eq!(r.uri, path);
         assert_eq!(r.body, [first.as_slice(), rest.as_slice()].concat(), "{path}");
@@ -1784,16 +1789,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_a_cut_req
         tokio::time::sleep(Duration::from_millis(300)).await;
         stream.write_all(b"ab").await.unwrap();
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    assert_next_answer_is_200(&mut stream, "/steady").await;
     assert_eq!(gate.upstream.last().body, &b"abababab"[..]);
     finish(gate).await;
 }
