@@ -258,23 +258,35 @@ fn decode_base64(input: &str) -> Option<Vec<u8>> {
     LENIENT_BASE64.decode(compact).ok()
 }
 
-/// `countryCode` as WeChat sends it: `"86"` or `86`.
+/// `countryCode` as WeChat sends it: `"86"` or `86`. A visitor rather than an
+/// untagged enum, which would first buffer the value to try each variant.
 fn string_or_integer<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum StringOrInteger {
-        String(String),
-        Integer(u64),
+    struct StringOrInteger;
+
+    impl<'de> serde::de::Visitor<'de> for StringOrInteger {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or a non-negative integer")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
     }
-    Ok(
-        Option::<StringOrInteger>::deserialize(deserializer)?.map(|value| match value {
-            StringOrInteger::String(s) => s,
-            StringOrInteger::Integer(n) => n.to_string(),
-        }),
-    )
+
+    deserializer.deserialize_any(StringOrInteger)
 }
 
 #[cfg(test)]
