@@ -1,6 +1,6 @@
-//! Micro-benchmarks of the per-request header handling in `wxgate::hop`: what every proxied
-//! request and response pays for hop-by-hop headers, the client's `Connection` header and
-//! `X-Forwarded-For`.
+//! Micro-benchmarks of the per-request header handling in `wxgate::hop` and `wxgate::headers`:
+//! what every proxied request and response pays for hop-by-hop headers, the client's
+//! `Connection` header, `X-Forwarded-For`/`X-Real-IP`, and the strip of look-alike headers.
 //!
 //! ```sh
 //! cargo bench --bench headers
@@ -17,7 +17,8 @@
 
 use divan::{Bencher, black_box};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use wxgate::hop::{self, HopByHop, X_FORWARDED_FOR};
+use http::{Method, Version};
+use wxgate::hop::{self, ClientAddr, HopByHop, X_FORWARDED_FOR};
 
 /// The allocator the `wxgate` binary uses, so that allocations cost here what they cost there.
 #[global_allocator]
@@ -94,64 +95,76 @@ fn baseline(bencher: Bencher) {
         .bench_local_values(black_box);
 }
 
-/// `HopByHop::scan` then `strip`, as the proxy does on each request and response.
+/// `HopByHop::scan` then strip, as the proxy does on each request and response.
 mod scan_and_strip {
     use super::*;
 
-    fn bench(bencher: Bencher, headers: &'static [(&'static str, &'static str)], kept: usize) {
+    fn bench(bencher: Bencher, headers: &'static [(&'static str, &'static str)], kept: usize, request: bool) {
+        let strip = move |map: &mut HeaderMap| {
+            if request {
+                HopByHop::scan(black_box(map)).strip_request(map);
+            } else {
+                let _ = hop::upstream_response(map, false);
+            }
+        };
         let mut check = header_map(headers);
-        HopByHop::scan(&check).strip(&mut check);
+        strip(&mut check);
         assert_eq!(check.len(), kept, "{check:?}");
         bencher
             .with_inputs(|| header_map(headers))
             .bench_local_values(|mut map| {
-                HopByHop::scan(black_box(&map)).strip(&mut map);
+                strip(&mut map);
                 map
             });
     }
 
     #[divan::bench]
     fn request(bencher: Bencher) {
-        bench(bencher, REQUEST, REQUEST.len());
+        bench(bencher, REQUEST, REQUEST.len(), true);
     }
 
     #[divan::bench]
     fn response(bencher: Bencher) {
-        bench(bencher, RESPONSE, RESPONSE.len() - 1);
+        bench(bencher, RESPONSE, RESPONSE.len() - 1, false);
     }
 
     #[divan::bench]
     fn all_hop_by_hop(bencher: Bencher) {
-        bench(bencher, ALL_HOP_BY_HOP, 3);
+        // host, user-agent, accept, te: trailers
+        bench(bencher, ALL_HOP_BY_HOP, 4, true);
     }
 }
 
-/// `apply_client_connection_header`, run on every request before any layer.
-mod apply_client_connection_header {
+/// `client_request`, run on every request before any layer: the client's
+/// `Connection`, upgrades, `X-Forwarded-For` and `X-Real-IP`.
+mod client_request {
     use super::*;
 
-    fn bench(bencher: Bencher, extra: &'static [(&'static str, &'static str)], kept: usize) {
+    fn bench(bencher: Bencher, extra: &'static [(&'static str, &'static str)], trusted: bool, want_xff: &'static str) {
+        let nets: Vec<ipnet::IpNet> = if trusted {
+            vec!["198.51.100.0/24".parse().unwrap()]
+        } else {
+            Vec::new()
+        };
+        let client = ClientAddr::new("198.51.100.23:50412".parse().expect("an address"), &nets);
+        let run = |map: &mut HeaderMap| {
+            hop::client_request(map, &Method::POST, Version::HTTP_11, &client, &nets);
+        };
         let mut check = with(REQUEST, extra);
-        hop::apply_client_connection_header(&mut check);
-        assert_eq!(check.len(), kept, "{check:?}");
+        run(&mut check);
+        assert_eq!(check[&X_FORWARDED_FOR], want_xff);
         bencher
             .with_inputs(|| with(REQUEST, extra))
             .bench_local_values(|mut map| {
-                hop::apply_client_connection_header(black_box(&mut map));
+                run(black_box(&mut map));
                 map
             });
     }
 
-    /// No `Connection` header: one lookup.
+    /// No `Connection`, no forwarding headers: a scan and two inserts.
     #[divan::bench]
-    fn absent(bencher: Bencher) {
-        bench(bencher, &[], REQUEST.len());
-    }
-
-    /// `Connection: keep-alive`, as HTTP/1.1 clients often send.
-    #[divan::bench]
-    fn keep_alive(bencher: Bencher) {
-        bench(bencher, &[("connection", "keep-alive")], REQUEST.len());
+    fn plain(bencher: Bencher) {
+        bench(bencher, &[], false, "198.51.100.23");
     }
 
     /// `Connection: keep-alive, x-foo` with an `x-foo` header, which goes.
@@ -160,51 +173,66 @@ mod apply_client_connection_header {
         bench(
             bencher,
             &[("connection", "keep-alive, x-foo"), ("x-foo", "1")],
-            REQUEST.len(),
+            false,
+            "198.51.100.23",
         );
     }
-}
 
-/// `append_forwarded_for`, with the client's address already formatted.
-mod append_forwarded_for {
-    use super::*;
-
-    fn bench(bencher: Bencher, extra: &'static [(&'static str, &'static str)], want: &str) {
-        let ip = hop::forwarded_for_value("198.51.100.23:50412".parse().expect("an address"));
-        let mut check = with(REQUEST, extra);
-        hop::append_forwarded_for(&mut check, &ip);
-        assert_eq!(check[&X_FORWARDED_FOR], want);
-        bencher
-            .with_inputs(|| with(REQUEST, extra))
-            .bench_local_values(|mut map| {
-                hop::append_forwarded_for(black_box(&mut map), black_box(&ip));
-                map
-            });
-    }
-
-    /// No `X-Forwarded-For` yet: one insert.
+    /// A trusted load balancer's list, appended to.
     #[divan::bench]
-    fn empty(bencher: Bencher) {
-        bench(bencher, &[], "198.51.100.23");
-    }
-
-    /// A value from a proxy in front: the two are joined into one header.
-    #[divan::bench]
-    fn existing(bencher: Bencher) {
+    fn behind_a_trusted_proxy(bencher: Bencher) {
         bench(
             bencher,
             &[("x-forwarded-for", "203.0.113.7")],
+            true,
             "203.0.113.7, 198.51.100.23",
         );
     }
 }
 
-/// `forwarded_for_value`: the client's address as text, once per connection (not measured in the others).
-///
-/// A fixed sample size: divan doubles it until a sample takes over 100 times the timer's
-/// precision, and a cold first call here passes that at once, leaving samples of one call each.
-#[divan::bench(sample_size = 256)]
-fn forwarded_for_value(bencher: Bencher) {
-    let addr = "198.51.100.23:50412".parse().expect("an address");
-    bencher.bench_local(|| hop::forwarded_for_value(black_box(addr)));
+/// The render step's strip: every client header that folds to one wxgate
+/// owns goes (`wxgate::headers::Forbidden`), as on every forwarded request.
+mod forbidden_strip {
+    use super::*;
+    use wxgate::headers::Forbidden;
+
+    fn forbidden() -> Forbidden {
+        let names = [
+            "x-wx-openid",
+            "x-wx-unionid",
+            "x-wx-appid",
+            "x-wx-phone-number",
+            "x-wx-pure-phone-number",
+            "x-wx-country-code",
+            "x-wx-session",
+            "x-original-forwarded-for",
+        ];
+        Forbidden::new(["x-wx-"], names)
+    }
+
+    /// A request with no such header (the session header was taken by then).
+    #[divan::bench]
+    fn clean(bencher: Bencher) {
+        let f = forbidden();
+        let request: Vec<_> = REQUEST.iter().copied().filter(|(n, _)| *n != "x-wx-session").collect();
+        let request: &'static [(&'static str, &'static str)] = Box::leak(request.into_boxed_slice());
+        bencher
+            .with_inputs(|| header_map(request))
+            .bench_local_values(|mut map| {
+                f.strip(black_box(&mut map));
+                map
+            });
+    }
+
+    /// A request with two look-alikes.
+    #[divan::bench]
+    fn spoofed(bencher: Bencher) {
+        let f = forbidden();
+        bencher
+            .with_inputs(|| with(REQUEST, &[("x.wx.openid", "admin"), ("x_wx_from_appid", "wx1")]))
+            .bench_local_values(|mut map| {
+                f.strip(black_box(&mut map));
+                map
+            });
+    }
 }

@@ -3,7 +3,12 @@
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 once every worker serves, 503 while starting and
 //!   from the moment shutdown begins (so a load balancer stops sending);
-//! - `GET /metrics`: Prometheus text format, every name prefixed `wxgate_`.
+//! - `GET /metrics`: Prometheus text format, every name prefixed `wxgate_`;
+//! - `DELETE /sessions?openid=...`: ends every session of a user, on every
+//!   worker (and replica, with a shared store): for account bans and leaked
+//!   keys. Answers `{"revoked": n}`.
+//!
+//! Errors are wxgate's JSON errors, made by [`Error::into_response`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,14 +16,15 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{self, Body};
+use crate::error::Error;
 use crate::metrics;
-use crate::session::SessionStore;
+use crate::server::Shared;
 
 /// Readiness, a latch: starting → ready → draining, never back.
 #[derive(Debug, Default)]
@@ -50,75 +56,78 @@ impl Readiness {
 }
 
 /// Serves the admin endpoints until `stop` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    readiness: Arc<Readiness>,
-    store: Arc<dyn SessionStore>,
-    stop: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            () = stop.cancelled() => return,
+            accepted = crate::net::accept(&listener, "server.admin_listen") => accepted,
         };
-        let readiness = readiness.clone();
-        let store = store.clone();
+        let shared = shared.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let (readiness, store) = (readiness.clone(), store.clone());
-            async move { Ok::<_, Infallible>(answer(&req, &readiness, store.as_ref()).await) }
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(answer(req, &shared).await.unwrap_or_else(Error::into_response)) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection ended") },
-                _ = stop.cancelled() => {}
+                () = stop.cancelled() => {}
             }
         });
     }
 }
 
-async fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn SessionStore) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, ctype: &'static str, body: String| {
-        let mut res = Response::new(Full::new(Bytes::from(body)));
-        *res.status_mut() = status;
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
-        res
-    };
-    let json = |status: StatusCode, body: serde_json::Value| text(status, "application/json", body.to_string());
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method_not_allowed", "message": "the admin endpoints accept GET only"}),
-        );
-    }
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    text(status, "application/json", body.to_string())
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body> {
+    let mut res = Response::new(body::full(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    res
+}
+
+async fn answer(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, Error> {
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        "/readyz" => {
+        "/healthz" if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"}))),
+        "/readyz" if get => {
+            let readiness = &shared.readiness;
             let status = if readiness.is_ready() {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json(status, serde_json::json!({"status": readiness.state()}))
+            Ok(json(status, serde_json::json!({"status": readiness.state()})))
         }
-        "/metrics" => {
-            metrics::set_sessions(store.count().await);
-            text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render())
+        "/metrics" if get => {
+            if let Some(n) = shared.store.count().await {
+                metrics::set_sessions(n);
+            }
+            metrics::set_client_connections(shared.slots.open());
+            Ok(text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()))
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "message": "admin endpoints: /healthz, /readyz, /metrics"}),
-        ),
+        "/sessions" if req.method() == Method::DELETE => {
+            let openid = req
+                .uri()
+                .query()
+                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "openid"))
+                .map(|(_, v)| v.into_owned())
+                .filter(|o| crate::headers::visible_ascii(o, 128))
+                .ok_or_else(|| Error::invalid("DELETE /sessions?openid=<the user's openid>"))?;
+            let revoked = shared.store.revoke_user(&openid).await?;
+            tracing::info!(revoked, "admin: revoked a user's sessions");
+            Ok(json(StatusCode::OK, serde_json::json!({"revoked": revoked})))
+        }
+        "/healthz" | "/readyz" | "/metrics" => Err(Error::MethodNotAllowed("GET")),
+        "/sessions" => Err(Error::MethodNotAllowed("DELETE")),
+        _ => Err(Error::NotFound(
+            "admin endpoints: /healthz, /readyz, /metrics, DELETE /sessions?openid=",
+        )),
     }
 }
 
@@ -126,9 +135,12 @@ async fn answer(req: &Request<Incoming>, readiness: &Readiness, store: &dyn Sess
 /// images without a shell or curl.
 pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
     use http_body_util::Empty;
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs: the admin listener speaks plain HTTP".into());
+    }
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     let req = Request::get(uri)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;

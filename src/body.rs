@@ -3,29 +3,94 @@
 //! Pass-through bodies stay hyper's [`Incoming`] from end to end: streamed
 //! frame by frame, never buffered, so a multi-GB upload or download costs no
 //! memory. Bodies wxgate makes or reads itself (errors, login and phone
-//! requests) are a [`Full`]. An `Either` of the two needs no allocation.
+//! requests) are [`Full`]. A backend's answer that came before the request
+//! body was all sent is [`Body::Watched`]: it tells the upload when it has
+//! been relayed, so the backend connection can then be closed (see
+//! `proxy.rs`, "early answers").
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::ServerConfig;
 use crate::error::Error;
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// A request or response body (see the module docs).
+pub enum Body {
+    Incoming(Incoming),
+    Full(Full<Bytes>),
+    Watched(Incoming, Arc<dyn Fn() + Send + Sync>),
+}
+
+impl From<Incoming> for Body {
+    fn from(b: Incoming) -> Self {
+        Body::Incoming(b)
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        empty()
+    }
+}
 
 /// A body wxgate wrote itself.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Right(Full::new(bytes.into()))
+    Body::Full(Full::new(bytes.into()))
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Either::Right(Full::new(Bytes::new()))
+    Body::Full(Full::new(Bytes::new()))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Body::Watched(b, done) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                    done();
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Incoming(b) | Body::Watched(b, _) => b.is_end_stream(),
+            Body::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Incoming(b) | Body::Watched(b, _) => b.size_hint(),
+            Body::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Body::Watched(_, done) = self {
+            done();
+        }
+    }
 }
 
 /// How much of a body wxgate reads itself (login and phone routes), and how
@@ -56,7 +121,7 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: Limits) -> Re
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             Some(n) if n > limit => return Err(Error::BodyTooLarge { limit }),
             Some(_) => {}
-            None => return Err(Error::InvalidRequest("Content-Length is not a number".into())),
+            None => return Err(Error::invalid("Content-Length is not a number")),
         }
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);

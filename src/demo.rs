@@ -149,7 +149,7 @@ async fn walk() -> Result<(), DemoError> {
     println!("   {status} {json}\n");
     check(status == 401, "the phone route answered without a session")?;
 
-    running.shutdown();
+    running.shutdown_now();
     running.stopped().await;
     println!("Done. The backend never saw the AppSecret, a session_key or the session token.");
     Ok(())

@@ -1,43 +1,71 @@
 //! Per-hop header handling: hop-by-hop headers (RFC 9110 §7.6.1), the
-//! client's `Connection` header, `X-Forwarded-For`.
+//! client's `Connection` header, upgrades, and the headers that say where a
+//! request came from (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`).
 //!
-//! These run on every request and every response, so each looks the map up
-//! as few times as it can: [`HopByHop::scan`] reads the names once (a header
-//! map is a short list) and only the headers it found are then looked up and
-//! removed. A request with none of them, the common case, costs one pass over
-//! its names and no hashing at all.
+//! Two entry points, one per direction: [`client_request`] when a request
+//! arrives (before any layer runs) and [`HopByHop::strip_request`] /
+//! [`upstream_response`] when a message crosses to the other side.
+//!
+//! These run on every request and response, so each reads the names once
+//! ([`HopByHop::scan`]: a header map is a short list) and only the headers
+//! found are then looked up. A request with none of them, the common case,
+//! costs one pass over its names and no hashing.
+//!
+//! `Trailer` is not hop-by-hop (RFC 9110 §6.6.2 lists the trailer fields a
+//! message will carry): a backend's answer keeps it, and its trailers reach
+//! clients that accept them (`TE: trailers` is passed on). A client's
+//! request trailers are not forwarded at all (its `Trailer` header goes), so
+//! no header can reach the backend in a trailer, where wxgate's identity
+//! rules would not see it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderValue;
 use http::header::{self, Entry, HeaderMap, HeaderName};
+use http::{HeaderValue, Method, Version};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
-/// The hop-by-hop headers present in a map, one bit each.
+/// The hop-by-hop and forwarding headers present in a map, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HopByHop(u8);
+pub struct HopByHop(u16);
 
 impl HopByHop {
-    const CONNECTION: u8 = 1;
-    const UPGRADE: u8 = 1 << 1;
-    const KEEP_ALIVE: u8 = 1 << 2;
-    const PROXY_CONNECTION: u8 = 1 << 3;
-    const TE: u8 = 1 << 4;
-    const TRAILER: u8 = 1 << 5;
-    const TRANSFER_ENCODING: u8 = 1 << 6;
-    /// Those removed whatever `Connection` says.
-    const FIXED: [(u8, HeaderName); 5] = [
+    const CONNECTION: u16 = 1;
+    const UPGRADE: u16 = 1 << 1;
+    const KEEP_ALIVE: u16 = 1 << 2;
+    const PROXY_CONNECTION: u16 = 1 << 3;
+    const TE: u16 = 1 << 4;
+    const TRANSFER_ENCODING: u16 = 1 << 5;
+    const HTTP2_SETTINGS: u16 = 1 << 6;
+    const FORWARDED: u16 = 1 << 7;
+    const X_FORWARDED_FOR: u16 = 1 << 8;
+    const X_FORWARDED_PROTO: u16 = 1 << 9;
+    const X_FORWARDED_HOST: u16 = 1 << 10;
+    const X_REAL_IP: u16 = 1 << 11;
+    const TRAILER: u16 = 1 << 12;
+    /// The hop-by-hop headers removed whatever `Connection` says.
+    const FIXED: [(u16, HeaderName); 4] = [
         (Self::KEEP_ALIVE, KEEP_ALIVE),
         (Self::PROXY_CONNECTION, PROXY_CONNECTION),
-        (Self::TE, header::TE),
-        (Self::TRAILER, header::TRAILER),
         (Self::TRANSFER_ENCODING, header::TRANSFER_ENCODING),
+        (Self::HTTP2_SETTINGS, HTTP2_SETTINGS),
     ];
+    const HOP: u16 = Self::CONNECTION
+        | Self::UPGRADE
+        | Self::KEEP_ALIVE
+        | Self::PROXY_CONNECTION
+        | Self::TE
+        | Self::TRANSFER_ENCODING
+        | Self::HTTP2_SETTINGS
+        | Self::TRAILER;
 
     /// One pass over the names: header names in a map are lower case, so a
     /// length switch and a comparison tell each.
@@ -49,21 +77,23 @@ impl HopByHop {
                 2 if s == "te" => Self::TE,
                 7 if s == "upgrade" => Self::UPGRADE,
                 7 if s == "trailer" => Self::TRAILER,
+                9 if s == "forwarded" => Self::FORWARDED,
+                9 if s == "x-real-ip" => Self::X_REAL_IP,
                 10 if s == "connection" => Self::CONNECTION,
                 10 if s == "keep-alive" => Self::KEEP_ALIVE,
+                14 if s == "http2-settings" => Self::HTTP2_SETTINGS,
+                15 if s == "x-forwarded-for" => Self::X_FORWARDED_FOR,
                 16 if s == "proxy-connection" => Self::PROXY_CONNECTION,
+                16 if s == "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 17 if s == "transfer-encoding" => Self::TRANSFER_ENCODING,
+                17 if s == "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
                 _ => 0,
             };
         }
         Self(found)
     }
 
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    fn has(self, bit: u8) -> bool {
+    fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
     }
 
@@ -73,37 +103,76 @@ impl HopByHop {
         self.has(Self::TRANSFER_ENCODING) && has_transfer_coding_besides_chunked(headers)
     }
 
-    /// An HTTP Upgrade request or response: `Upgrade` and a `Connection`
-    /// that lists it.
+    /// An HTTP Upgrade: `Upgrade` and a `Connection` that lists it.
     pub fn is_upgrade(self, headers: &HeaderMap) -> bool {
         self.has(Self::UPGRADE) && self.has(Self::CONNECTION) && connection_lists(headers, "upgrade")
     }
 
-    /// Removes every hop-by-hop header: those `Connection` names, then
-    /// `Connection`, `Upgrade` and the fixed ones.
-    pub fn strip(self, headers: &mut HeaderMap) {
-        if self.is_empty() {
+    /// Removes a request's hop-by-hop headers before it goes upstream:
+    /// those `Connection` names, then `Connection`, `Upgrade`, the fixed
+    /// ones, `Trailer` (request trailers are not forwarded), and `TE` unless
+    /// it asks for trailers (wxgate relays them, so it says `TE: trailers`
+    /// itself).
+    pub fn strip_request(self, headers: &mut HeaderMap) {
+        if self.0 & Self::HOP == 0 {
             return;
         }
-        if self.has(Self::CONNECTION) {
-            remove_connection_listed(headers, &[]);
-            headers.remove(header::CONNECTION);
-        }
+        self.strip_connection(headers);
         if self.has(Self::UPGRADE) {
             headers.remove(header::UPGRADE);
+        }
+        if self.has(Self::TRAILER) {
+            headers.remove(header::TRAILER);
+        }
+        if self.has(Self::TE) {
+            let trailers = list_has(headers, &header::TE, "trailers");
+            if trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            } else {
+                headers.remove(header::TE);
+            }
         }
         self.strip_fixed(headers);
     }
 
-    /// Removes the hop-by-hop headers but `Connection` and `Upgrade`: for a
-    /// `101 Switching Protocols`, where they are the answer.
-    pub fn strip_fixed(self, headers: &mut HeaderMap) {
+    fn strip_connection(self, headers: &mut HeaderMap) {
+        if self.has(Self::CONNECTION) {
+            remove_connection_listed(headers, &[]);
+            headers.remove(header::CONNECTION);
+        }
+    }
+
+    fn strip_fixed(self, headers: &mut HeaderMap) {
         for (bit, name) in Self::FIXED {
             if self.has(bit) {
                 headers.remove(name);
             }
         }
     }
+}
+
+/// Removes a backend answer's hop-by-hop headers. A `101 Switching
+/// Protocols` keeps `Connection` and `Upgrade`: they are the answer. Errs
+/// on a transfer coding wxgate cannot relay.
+pub fn upstream_response(headers: &mut HeaderMap, switching: bool) -> Result<(), &'static str> {
+    let hop = HopByHop::scan(headers);
+    if hop.has_transfer_coding_besides_chunked(headers) {
+        return Err("it used a transfer coding other than chunked");
+    }
+    if hop.0 & HopByHop::HOP == 0 {
+        return Ok(());
+    }
+    if !switching {
+        hop.strip_connection(headers);
+        if hop.has(HopByHop::UPGRADE) {
+            headers.remove(header::UPGRADE);
+        }
+    }
+    if hop.has(HopByHop::TE) {
+        headers.remove(header::TE);
+    }
+    hop.strip_fixed(headers);
+    Ok(())
 }
 
 fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
@@ -116,32 +185,36 @@ fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
     })
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    list_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Whether a `Connection` header lists `token`.
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    list_has(headers, &header::CONNECTION, token)
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .map(str::trim)
+        .map(|t| t.split(';').next().unwrap_or_default().trim())
         .filter(|t| !t.is_empty())
 }
 
-/// Removes the headers that `Connection` names, but those in `keep`.
+/// Removes the headers that `Connection` names, but `host` (a client must
+/// not make wxgate forget where a request goes) and those in `keep`.
 /// `keep-alive` is skipped without a lookup (its header goes with the fixed
 /// ones); for the others, only a header that is there is looked up twice.
 fn remove_connection_listed(headers: &mut HeaderMap, keep: &[&str]) {
     let mut listed: Vec<HeaderName> = Vec::new();
-    for token in connection_tokens(headers) {
-        if token.eq_ignore_ascii_case("keep-alive") || keep.iter().any(|k| token.eq_ignore_ascii_case(k)) {
+    for token in list_tokens(headers, &header::CONNECTION) {
+        if token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("host")
+            || keep.iter().any(|k| token.eq_ignore_ascii_case(k))
+        {
             continue;
         }
         if headers.contains_key(token)
@@ -155,71 +228,202 @@ fn remove_connection_listed(headers: &mut HeaderMap, keep: &[&str]) {
     }
 }
 
-/// Applies the client's `Connection` header to its request before any layer
-/// runs: the headers it names go (so that `Connection: x-wx-unionid` cannot
-/// remove wxgate's own header later), and so does `Connection` itself, but
-/// for an upgrade, which keeps `Connection: upgrade`.
-pub fn apply_client_connection_header(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
-        return;
-    }
-    let upgrade = is_upgrade(headers);
-    remove_connection_listed(headers, &["upgrade"]);
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
+/// What a client's request asks of this hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    None,
+    /// A well-formed RFC 6455 opening handshake: the only upgrade wxgate
+    /// forwards.
+    WebSocket,
+}
+
+/// Where the request came from, as the backend will be told.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The peer's address as an `X-Forwarded-For` entry and `X-Real-IP`.
+    pub peer: HeaderValue,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept, and the
+    /// client is the last untrusted address of `X-Forwarded-For`.
+    pub trusted: bool,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr, trusted: &[ipnet::IpNet]) -> Self {
+        let ip = addr.ip().to_canonical();
+        Self {
+            peer: ip_value(ip),
+            trusted: trusted.iter().any(|n| n.contains(&ip)),
+        }
     }
 }
 
-/// Appends the client's address to `X-Forwarded-For`, folding the values a
-/// client sent into one header.
-pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    match headers.entry(X_FORWARDED_FOR) {
-        Entry::Vacant(v) => {
-            v.insert(ip.clone());
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Prepares a client's request before any layer runs:
+///
+/// - applies its `Connection` header: the headers it names go (so that
+///   `Connection: x-wx-unionid` cannot remove wxgate's own header later),
+///   but `Host` never does;
+/// - keeps an upgrade only when it is a WebSocket opening handshake (GET,
+///   HTTP/1.1, `Upgrade: websocket`, `Sec-WebSocket-Key` and
+///   `Sec-WebSocket-Version`). Any other token (`h2c`, unknown ones) is
+///   removed with `HTTP2-Settings`, and the request goes on as a plain one:
+///   nothing but a WebSocket may become a tunnel past wxgate;
+/// - says where it came from: `X-Forwarded-For` is the peer's address
+///   (appended to the list a trusted proxy sent), `X-Real-IP` the client's
+///   (the peer, or behind trusted proxies the last untrusted address of the
+///   list), and a client's `Forwarded` is removed; `X-Forwarded-Proto` and
+///   `-Host` are kept from trusted proxies only.
+pub fn client_request(
+    headers: &mut HeaderMap,
+    method: &Method,
+    version: Version,
+    client: &ClientAddr,
+    trusted: &[ipnet::IpNet],
+) -> Upgrade {
+    let hop = HopByHop::scan(headers);
+    let mut upgrade = Upgrade::None;
+    if hop.has(HopByHop::CONNECTION) {
+        if hop.is_upgrade(headers) && is_websocket_handshake(headers, method, version) {
+            upgrade = Upgrade::WebSocket;
+            remove_connection_listed(headers, &["upgrade"]);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        } else {
+            remove_connection_listed(headers, &[]);
+            headers.remove(header::CONNECTION);
         }
-        Entry::Occupied(mut o) => {
-            let ip = ip.to_str().unwrap_or_default();
-            let value = o
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .chain([ip])
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                o.insert(v);
+    }
+    if upgrade == Upgrade::None {
+        if hop.has(HopByHop::UPGRADE) {
+            headers.remove(header::UPGRADE);
+        }
+        if hop.has(HopByHop::HTTP2_SETTINGS) {
+            headers.remove(HTTP2_SETTINGS);
+        }
+    }
+    if hop.has(HopByHop::FORWARDED) {
+        headers.remove(header::FORWARDED);
+    }
+    if client.trusted {
+        let real = if hop.has(HopByHop::X_FORWARDED_FOR) {
+            real_client(headers, trusted)
+        } else {
+            None
+        };
+        append_forwarded_for(headers, &client.peer, hop.has(HopByHop::X_FORWARDED_FOR));
+        headers.insert(X_REAL_IP, real.unwrap_or_else(|| client.peer.clone()));
+    } else {
+        for (bit, name) in [
+            (HopByHop::X_FORWARDED_PROTO, X_FORWARDED_PROTO),
+            (HopByHop::X_FORWARDED_HOST, X_FORWARDED_HOST),
+        ] {
+            if hop.has(bit) {
+                headers.remove(name);
             }
         }
+        headers.insert(X_FORWARDED_FOR, client.peer.clone());
+        headers.insert(X_REAL_IP, client.peer.clone());
     }
+    upgrade
 }
 
-/// A client's address as an `X-Forwarded-For` entry.
-pub fn forwarded_for_value(addr: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&addr.ip().to_canonical().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+/// RFC 6455 §4.1: a GET over HTTP/1.1 with `Upgrade: websocket`, a key and a version.
+fn is_websocket_handshake(headers: &HeaderMap, method: &Method, version: Version) -> bool {
+    *method == Method::GET
+        && version == Version::HTTP_11
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && headers.get_all(header::UPGRADE).iter().count() == 1
+        && headers.get(SEC_WEBSOCKET_KEY).is_some_and(|k| k.len() == 24)
+        && headers.contains_key(SEC_WEBSOCKET_VERSION)
+}
+
+/// Behind trusted proxies, the client is the last address of
+/// `X-Forwarded-For` that is not a trusted proxy itself.
+fn real_client(headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<HeaderValue> {
+    let addresses: Vec<&str> = list_tokens(headers, &X_FORWARDED_FOR).collect();
+    addresses
+        .iter()
+        .rev()
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .find(|ip| !trusted.iter().any(|n| n.contains(ip)))
+        .map(ip_value)
+}
+
+/// Appends the peer's address to `X-Forwarded-For`, folding the values a
+/// trusted proxy sent into one header.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue, present: bool) {
+    if !present {
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
+    if let Entry::Occupied(mut o) = headers.entry(X_FORWARDED_FOR) {
+        let ip = ip.to_str().unwrap_or_default();
+        let value = o
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .chain([ip])
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            o.insert(v);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn untrusted() -> ClientAddr {
+        ClientAddr::new("10.0.0.9:1".parse().unwrap(), &[])
+    }
+
+    fn prepare(h: &mut HeaderMap, method: Method, version: Version) -> Upgrade {
+        client_request(h, &method, version, &untrusted(), &[])
+    }
+
+    fn websocket_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap());
+        h.insert(SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        h
+    }
+
     #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+    fn hop_by_hop_request_headers_and_the_ones_connection_names_go() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "keep-alive, X-Secret-Hop, close".parse().unwrap());
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("proxy-connection", "keep-alive".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
         h.insert(header::TRAILER, "x-checksum".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(HTTP2_SETTINGS, "AAMAAABkAAQAoAAAAAIAAAAA".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
-        HopByHop::scan(&h).strip(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h["x-kept"], "yes");
+        HopByHop::scan(&h).strip_request(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"], "{h:?}");
+    }
+
+    #[test]
+    fn te_trailers_is_passed_on() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "gzip, Trailers;q=1".parse().unwrap());
+        HopByHop::scan(&h).strip_request(&mut h);
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]
@@ -230,69 +434,127 @@ mod tests {
             "keep-alive",
             "proxy-connection",
             "te",
-            "trailer",
             "transfer-encoding",
+            "http2-settings",
+            "trailer",
         ] {
             let mut h = HeaderMap::new();
             h.insert(name, "x".parse().unwrap());
             h.insert("x-kept", "yes".parse().unwrap());
-            let found = HopByHop::scan(&h);
-            assert!(!found.is_empty(), "{name}");
-            found.strip(&mut h);
+            HopByHop::scan(&h).strip_request(&mut h);
             assert_eq!(h.len(), 1, "{name}: {h:?}");
         }
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, "a".parse().unwrap());
-        h.insert("x-te", "1".parse().unwrap());
-        h.insert("connections", "1".parse().unwrap());
-        assert!(HopByHop::scan(&h).is_empty());
     }
 
     #[test]
-    fn a_101_keeps_connection_and_upgrade() {
+    fn a_101_keeps_connection_and_upgrade_and_trailer_is_end_to_end() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
-        let found = HopByHop::scan(&h);
-        assert!(found.is_upgrade(&h));
-        found.strip_fixed(&mut h);
+        upstream_response(&mut h, true).unwrap();
         assert_eq!(h.len(), 2, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert(header::TRAILER, "x-sum".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        upstream_response(&mut h, false).unwrap();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::TRAILER));
     }
 
     #[test]
-    fn the_client_connection_header_is_applied_keeping_only_upgrade() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, "Upgrade, X-WX-Unionid, close".parse().unwrap());
-        h.append(header::CONNECTION, "x-other".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("x-wx-unionid", "client".parse().unwrap());
-        h.insert("x-other", "1".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        apply_client_connection_header(&mut h);
-        assert!(is_upgrade(&h));
-        assert_eq!(h.len(), 3, "{h:?}");
+    fn only_a_websocket_handshake_keeps_its_upgrade() {
+        let mut h = websocket_headers();
+        assert_eq!(prepare(&mut h, Method::GET, Version::HTTP_11), Upgrade::WebSocket);
         assert_eq!(h[header::CONNECTION], "upgrade");
-        assert!(h.contains_key("x-kept"));
+        assert_eq!(h[header::UPGRADE], "websocket");
 
+        // h2c smuggling: the upgrade goes, the request stays.
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, upgrade".parse().unwrap());
-        apply_client_connection_header(&mut h);
-        assert!(h.is_empty(), "no Upgrade header: no upgrade, {h:?}");
+        h.insert(header::CONNECTION, "Upgrade, HTTP2-Settings".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        h.insert(HTTP2_SETTINGS, "AAMAAABkAAQAoAAAAAIAAAAA".parse().unwrap());
+        assert_eq!(prepare(&mut h, Method::GET, Version::HTTP_11), Upgrade::None);
+        assert!(!h.contains_key(header::UPGRADE) && !h.contains_key(HTTP2_SETTINGS));
+        assert!(!h.contains_key(header::CONNECTION));
+
+        for (mutate, what) in [
+            (
+                (|h: &mut HeaderMap| {
+                    h.remove(SEC_WEBSOCKET_KEY);
+                }) as fn(&mut HeaderMap),
+                "no key",
+            ),
+            (
+                |h: &mut HeaderMap| {
+                    h.remove(SEC_WEBSOCKET_VERSION);
+                },
+                "no version",
+            ),
+            (
+                |h: &mut HeaderMap| {
+                    h.insert(header::UPGRADE, "websocket, h2c".parse().unwrap());
+                },
+                "two tokens",
+            ),
+        ] {
+            let mut h = websocket_headers();
+            mutate(&mut h);
+            assert_eq!(prepare(&mut h, Method::GET, Version::HTTP_11), Upgrade::None, "{what}");
+            assert!(!h.contains_key(header::UPGRADE), "{what}");
+        }
+        let mut h = websocket_headers();
+        assert_eq!(prepare(&mut h, Method::POST, Version::HTTP_11), Upgrade::None);
+        let mut h = websocket_headers();
+        assert_eq!(prepare(&mut h, Method::GET, Version::HTTP_10), Upgrade::None);
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
+    fn connection_cannot_name_host() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.1:1".parse().unwrap()));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
-        append_forwarded_for(&mut h, &forwarded_for_value("[::ffff:10.0.0.2]:1".parse().unwrap()));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
-        h.append(X_FORWARDED_FOR, " 10.0.0.3 ".parse().unwrap());
-        h.append(X_FORWARDED_FOR, "".parse().unwrap());
-        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.4:1".parse().unwrap()));
-        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4");
+        h.insert(header::HOST, "example.com".parse().unwrap());
+        h.insert(header::CONNECTION, "host, x-other".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        prepare(&mut h, Method::GET, Version::HTTP_11);
+        assert_eq!(h[header::HOST], "example.com");
+        assert!(!h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn an_untrusted_client_says_only_its_own_address() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(X_FORWARDED_HOST, "evil".parse().unwrap());
+        h.insert(X_REAL_IP, "1.2.3.4".parse().unwrap());
+        h.insert(header::FORWARDED, "for=1.2.3.4".parse().unwrap());
+        prepare(&mut h, Method::GET, Version::HTTP_11);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(h[X_REAL_IP], "10.0.0.9");
+        assert!(!h.contains_key(X_FORWARDED_PROTO));
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+        assert!(!h.contains_key(header::FORWARDED));
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_list_is_kept_and_the_client_found() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb = ClientAddr::new("10.0.0.2:1".parse().unwrap(), &trusted);
+        assert!(lb.trusted);
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "6.6.6.6, 203.0.113.7".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "10.0.0.3".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(X_REAL_IP, "6.6.6.6".parse().unwrap());
+        client_request(&mut h, &Method::GET, Version::HTTP_11, &lb, &trusted);
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 203.0.113.7, 10.0.0.3, 10.0.0.2");
+        assert_eq!(h[X_REAL_IP], "203.0.113.7");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        let v4_mapped = ClientAddr::new("[::ffff:10.0.0.2]:1".parse().unwrap(), &trusted);
+        assert!(v4_mapped.trusted);
+        assert_eq!(v4_mapped.peer, "10.0.0.2");
     }
 
     #[test]
@@ -300,27 +562,11 @@ mod tests {
         let te = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert(header::TRANSFER_ENCODING, v.parse().unwrap());
-            assert_eq!(
-                HopByHop::scan(&h).has_transfer_coding_besides_chunked(&h),
-                has_transfer_coding_besides_chunked(&h)
-            );
-            has_transfer_coding_besides_chunked(&h)
+            HopByHop::scan(&h).has_transfer_coding_besides_chunked(&h)
         };
-        assert!(!has_transfer_coding_besides_chunked(&HeaderMap::new()));
         assert!(!te("chunked"));
         assert!(!te("Chunked"));
         assert!(te("gzip, chunked"));
         assert!(te("identity"));
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(!is_upgrade(&h));
-        assert!(!HopByHop::scan(&h).is_upgrade(&h));
-        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert!(is_upgrade(&h));
-        assert!(HopByHop::scan(&h).is_upgrade(&h));
     }
 }

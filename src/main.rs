@@ -1,13 +1,14 @@
-//! The `wxgate` command: run | check | fake-weixin | demo.
+//! The `wxgate` command: run | check | config | fake-weixin | demo | healthcheck.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use wxgate::config::Config;
@@ -19,11 +20,10 @@ static GLOBAL: wxgate::alloc::MiMalloc = wxgate::alloc::MiMalloc;
 /// exchange, sessions, and phone numbers, forwarded to the backend as trusted
 /// headers.
 #[derive(Parser)]
-#[command(name = "wxgate", version, about, long_about = None)]
+#[command(name = "wxgate", version = wxgate::VERSION, about, long_about = None)]
 struct Cli {
-    /// Configuration file.
-    #[arg(long, short = 'c', global = true, default_value = "config.toml", value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -31,7 +31,20 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> &Path {
+        self.config.as_deref().unwrap_or(Path::new("config.toml"))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -39,8 +52,12 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run wxgate (the default when no command is given).
+    Run(ConfigArg),
     /// Validate the configuration and exit: 0 if it is valid, 1 with every bad key named otherwise.
-    Check,
+    Check(ConfigArg),
+    /// Print the effective configuration (file, environment and defaults), secrets redacted.
+    Config(ConfigArg),
     /// Serve a fake WeChat API (code2Session, tokens, getuserphonenumber) for tests and CI.
     FakeWeixin {
         /// Address to listen on.
@@ -57,44 +74,57 @@ enum Command {
     /// through login, an authenticated request and a phone number.
     Demo,
     /// Probe a running wxgate's admin endpoint (for container health checks):
-    /// exit 0 when it answers 200, 1 otherwise.
+    /// exit 0 when it answers 200, 1 otherwise. Plain HTTP only.
     Healthcheck {
-        /// The admin URL to probe.
+        /// The admin URL to probe (http://).
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
         url: String,
     },
 }
 
-fn init_logging(format: LogFormat, default: &str) {
+/// Logs go to stderr through a bounded queue written by its own thread: a
+/// worker never waits for the terminal or a log collector, and when the
+/// queue is full lines are dropped and counted, not queued without bound.
+fn init_logging(format: LogFormat, default: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("wxgate-log")
+        .finish(std::io::stderr());
+    wxgate::set_log_drop_counter(writer.error_counter());
     // Colours only on a terminal: escape codes in a log collector's lines
     // make them unreadable and unsearchable.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => run(&cli),
-        Some(Command::Check) => check(&cli),
-        Some(Command::FakeWeixin {
-            listen,
-            ref appid,
-            ref secret,
-        }) => {
-            init_logging(cli.log_format, "info");
-            fake_weixin(listen, appid, secret)
+    let root_config = cli.config.config.is_some();
+    match &cli.command {
+        None => run(&cli.config, cli.log_format),
+        Some(Command::Run(c)) => run(&merged(c, &cli.config), cli.log_format),
+        Some(Command::Check(c)) => check(&merged(c, &cli.config), cli.log_format),
+        Some(Command::Config(c)) => show_config(&merged(c, &cli.config), cli.log_format),
+        Some(_) if root_config => {
+            eprintln!("--config applies to run, check and config only");
+            ExitCode::FAILURE
         }
-        Some(Command::Healthcheck { ref url }) => healthcheck(url),
+        Some(Command::FakeWeixin { listen, appid, secret }) => {
+            let _guard = init_logging(cli.log_format, "info");
+            fake_weixin(*listen, appid, secret)
+        }
+        Some(Command::Healthcheck { url }) => healthcheck(url),
         Some(Command::Demo) => {
-            init_logging(cli.log_format, "warn");
+            let _guard = init_logging(cli.log_format, "warn");
             match wxgate::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -106,57 +136,94 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(cli: &Cli) -> Result<Config, ExitCode> {
-    Config::load(&cli.config).map_err(|e| {
-        eprintln!("{}: invalid configuration:", cli.config.display());
-        for p in &e.problems {
-            eprintln!("  {p}");
+/// `wxgate --config F check` and `wxgate check --config F` alike.
+fn merged(sub: &ConfigArg, root: &ConfigArg) -> ConfigArg {
+    ConfigArg {
+        config: sub.config.clone().or_else(|| root.config.clone()),
+    }
+}
+
+/// A failure before wxgate serves: a JSON line with `--log-format json`
+/// (logging is set up), plain text otherwise.
+fn fail(format: LogFormat, logging: bool, message: &str) {
+    if format == LogFormat::Json && logging {
+        tracing::error!(error = message, "wxgate cannot start");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
+fn load(path: &Path, format: LogFormat, logging: bool) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        if format == LogFormat::Json && logging {
+            for p in &e.problems {
+                tracing::error!(config = %path.display(), problem = %p, "invalid configuration");
+            }
+        } else {
+            eprintln!("{}: invalid configuration:", path.display());
+            for p in &e.problems {
+                eprintln!("  {p}");
+            }
         }
         ExitCode::FAILURE
     })
 }
 
-fn check(cli: &Cli) -> ExitCode {
-    match load(cli) {
+fn check(c: &ConfigArg, format: LogFormat) -> ExitCode {
+    let _guard = (format == LogFormat::Json).then(|| init_logging(format, "info"));
+    match load(c.path(), format, _guard.is_some()) {
         Ok(_) => {
-            println!("{}: configuration is valid", cli.config.display());
+            println!("{}: configuration is valid", c.path().display());
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
 }
 
-fn run(cli: &Cli) -> ExitCode {
-    init_logging(cli.log_format, "info");
-    let config = match load(cli) {
+fn show_config(c: &ConfigArg, format: LogFormat) -> ExitCode {
+    let _guard = (format == LogFormat::Json).then(|| init_logging(format, "info"));
+    match load(c.path(), format, _guard.is_some()) {
+        Ok(config) => {
+            print!("{}", config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(c: &ConfigArg, format: LogFormat) -> ExitCode {
+    let _guard = init_logging(format, "info");
+    let config = match load(c.path(), format, true) {
         Ok(c) => c,
         Err(code) => return code,
     };
     // Signal handlers go in before wxgate can report ready: a SIGTERM from
     // then on must drain, not kill.
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let signals = wxgate::net_runtime();
     let (rt, signal) = match signals.and_then(|rt| {
         let signal = {
             let _context = rt.enter();
-            wxgate::server::shutdown_signal()?
+            wxgate::shutdown_signal()?
         };
         Ok((rt, signal))
     }) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot listen for signals: {e}");
+            fail(format, true, &format!("cannot listen for signals: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let running = match wxgate::start(config) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start: {e}");
+            fail(format, true, &format!("cannot start: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(signal);
-    running.shutdown();
+    match rt.block_on(signal) {
+        wxgate::Signal::Terminate => running.shutdown(),
+        wxgate::Signal::Interrupt => running.shutdown_now(),
+    }
     running.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -178,7 +245,11 @@ fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         tracing::info!(addr = %listener.local_addr()?, appid, "fake WeChat listening");
-        fake.serve(listener, wxgate::server::shutdown_signal()?).await
+        let signal = wxgate::shutdown_signal()?;
+        fake.serve(listener, async move {
+            signal.await;
+        })
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,14 +261,14 @@ fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
 }
 
 fn healthcheck(url: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match wxgate::net_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("healthcheck: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(wxgate::admin::probe(url, std::time::Duration::from_secs(3))) {
+    match rt.block_on(wxgate::probe(url, std::time::Duration::from_secs(3))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("healthcheck: {url}: {e}");

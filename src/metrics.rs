@@ -29,6 +29,7 @@ pub enum RouteKind {
     Passthrough,
     Login,
     Phone,
+    Logout,
 }
 
 impl RouteKind {
@@ -37,9 +38,15 @@ impl RouteKind {
             RouteKind::Passthrough => "passthrough",
             RouteKind::Login => "login",
             RouteKind::Phone => "phone",
+            RouteKind::Logout => "logout",
         }
     }
-    const ALL: [RouteKind; 3] = [RouteKind::Passthrough, RouteKind::Login, RouteKind::Phone];
+    const ALL: [RouteKind; 4] = [
+        RouteKind::Passthrough,
+        RouteKind::Login,
+        RouteKind::Phone,
+        RouteKind::Logout,
+    ];
 }
 
 struct Metrics {
@@ -56,6 +63,9 @@ struct Metrics {
     phone: IntCounterVec,
     access_tokens: IntCounterVec,
     spoofed_headers: IntCounter,
+    connections_refused: IntCounter,
+    client_connections: IntGauge,
+    log_lines_dropped: IntGauge,
     info: IntGaugeVec,
 }
 
@@ -132,13 +142,27 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "spoofed_headers_removed_total",
             "Client-sent copies of identity, phone or session headers removed."
         )),
+        client_connections: reg!(IntGauge::new(
+            "client_connections",
+            "Client connections open now (against server.max_connections), WebSocket tunnels included."
+        )),
+        log_lines_dropped: reg!(IntGauge::new(
+            "log_lines_dropped_total",
+            "Log lines dropped because the log writer's queue was full (the writer never blocks a request)."
+        )),
+        connections_refused: reg!(IntCounter::new(
+            "connections_refused_total",
+            "Client connections closed at once because server.max_connections were open and none was idle."
+        )),
         info: reg!(IntGaugeVec::new(
-            Opts::new("build_info", "wxgate's version."),
-            &["version"]
+            Opts::new("build_info", "wxgate's version and the commit it was built from."),
+            &["version", "commit"]
         )),
         registry,
     };
-    m.info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m.info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("WXGATE_COMMIT")])
+        .set(1);
     m
 });
 
@@ -152,7 +176,7 @@ struct LocalRequestMetrics {
     /// A short list (one entry per route and status seen), the most common
     /// first after a while: a linear search beats hashing the key.
     counters: Vec<((RouteKind, u16), LocalIntCounter)>,
-    durations: [LocalHistogram; 3],
+    durations: [LocalHistogram; 4],
     /// Login and phone outcomes: (family, label, label).
     labeled: HashMap<(Family, &'static str, &'static str), LocalIntCounter>,
     /// Requests started minus finished on this thread since the last flush.
@@ -191,6 +215,7 @@ fn route_index(route: RouteKind) -> usize {
         RouteKind::Passthrough => 0,
         RouteKind::Login => 1,
         RouteKind::Phone => 2,
+        RouteKind::Logout => 3,
     }
 }
 
@@ -292,12 +317,32 @@ pub fn spoofed_header_removed() {
     METRICS.spoofed_headers.inc();
 }
 
+static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> = std::sync::OnceLock::new();
+
+/// The log writer's count of dropped lines, read at each scrape.
+pub fn set_log_drop_counter(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = LOG_DROPS.set(counter);
+}
+
+pub fn connection_refused() {
+    METRICS.connections_refused.inc();
+}
+
+pub fn set_client_connections(n: usize) {
+    METRICS.client_connections.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 pub fn set_sessions(n: u64) {
     METRICS.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// The registry in Prometheus' text format.
 pub fn render() -> String {
+    if let Some(drops) = LOG_DROPS.get() {
+        METRICS
+            .log_lines_dropped
+            .set(i64::try_from(drops.dropped_lines()).unwrap_or(i64::MAX));
+    }
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail on I/O; a bad metric would be a bug.
     if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {

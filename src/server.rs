@@ -11,14 +11,24 @@
 //! machine, the work-stealing runtime costs about 6 µs per request and a
 //! quarter of the throughput against this model (see `BENCHMARKS.md`).
 //! What all workers must share (sessions, the login code cache, the access
-//! token) lives in [`Shared`] and is built for concurrent use.
+//! token, the rate limits, the connection count) lives in [`Shared`].
+//!
+//! # Start-up
+//!
+//! [`start_with`] returns once every worker has built its stack and
+//! registered its listener, or fails with the first worker's reason: a
+//! wxgate that cannot serve never looks ready. It raises the open-files
+//! limit to its hard limit first.
 //!
 //! # Shutdown
 //!
-//! [`Running::shutdown`] (wired to SIGTERM/SIGINT by `main`) flips `/readyz`
-//! to 503, stops accepting, lets in-flight requests and open WebSocket
-//! tunnels finish within `server.shutdown_grace`, then closes what is left. The admin listener
-//! stays up until the workers are done, so health checks see the drain.
+//! [`Running::shutdown`] (SIGTERM) flips `/readyz` to 503 at once, keeps
+//! accepting and serving for `server.shutdown_delay` (load balancers are
+//! still sending), then stops accepting and lets in-flight requests and open
+//! WebSocket tunnels finish within `server.shutdown_grace`, then closes what
+//! is left. [`Running::shutdown_now`] (SIGINT) skips the delay. The admin
+//! listener stays up until the workers are done, so health checks see the
+//! drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,44 +36,65 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::admin::{self, Readiness};
 use crate::body::Body;
 use crate::config::Config;
-use crate::idle;
-use crate::layers::login::LoginShared;
+use crate::hop::{self, ClientAddr, Upgrade};
+use crate::idle::{self, Slot, Slots};
+use crate::layers::access_log::{self, AccessRecord, Outcome};
+use crate::ratelimit::Limiter;
+use crate::routes::Routes;
 use crate::session::SessionStore;
 use crate::session::memory::MemoryStore;
 use crate::weixin::token::AccessTokenProvider;
-use crate::{Stack, metrics};
+use crate::{BuildError, Stack, metrics};
+
+/// How long a connection closed for idleness may take to say goodbye
+/// (an HTTP/2 GOAWAY) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct Shared {
     pub config: Arc<Config>,
     pub store: Arc<dyn SessionStore>,
-    pub login: Arc<LoginShared>,
     pub tokens: Arc<AccessTokenProvider>,
     pub readiness: Arc<Readiness>,
+    pub routes: Arc<Routes>,
+    pub slots: Arc<Slots>,
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    pub login_limit: Arc<Limiter<std::net::IpAddr>>,
+    pub phone_limit: Arc<Limiter<crate::session::SessionToken>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Self {
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(&config.session));
+        let trusted_proxies: Arc<[ipnet::IpNet]> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| crate::config::parse_cidr(c))
+            .collect();
         Self {
-            login: Arc::new(LoginShared::new(&config)),
             tokens: Arc::new(AccessTokenProvider::new()),
             readiness: Arc::new(Readiness::default()),
+            routes: Arc::new(Routes::new(&config)),
+            slots: Slots::new(config.server.max_connections),
+            trusted_proxies,
+            login_limit: Arc::new(Limiter::per_minute(config.limits.login_per_address)),
+            phone_limit: Arc::new(Limiter::per_minute(config.limits.phone_per_session)),
             store,
             config: Arc::new(config),
         }
@@ -115,25 +146,45 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Why wxgate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("cannot build the request stack: {0}")]
+    Build(#[from] BuildError),
+    #[error("a worker thread stopped before it was ready")]
+    WorkerLost,
+}
+
 /// A started wxgate.
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
+    drain: CancellationToken,
+    /// Milliseconds to keep serving after [`Running::shutdown`].
+    delay_ms: Arc<AtomicU64>,
     workers: Vec<std::thread::JoinHandle<()>>,
     admin: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
 }
 
 impl Running {
-    /// Begins a graceful shutdown; returns at once.
+    /// Begins a graceful shutdown after `server.shutdown_delay`; returns at once.
     pub fn shutdown(&self) {
-        self.shared.readiness.set_draining();
-        self.shutdown.cancel();
+        self.begin_shutdown(self.shared.config.server.shutdown_delay.get());
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Begins a graceful shutdown without the delay.
+    pub fn shutdown_now(&self) {
+        self.begin_shutdown(Duration::ZERO);
+    }
+
+    fn begin_shutdown(&self, delay: Duration) {
+        self.shared.readiness.set_draining();
+        self.delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.drain.cancel();
     }
 
     /// Waits for the workers to finish (after [`Running::shutdown`]), then
@@ -157,50 +208,59 @@ impl Running {
 }
 
 /// Binds as configured and starts.
-pub fn start(config: Config) -> io::Result<Running> {
+pub fn start(config: Config) -> Result<Running, StartError> {
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen, config.worker_count())?;
     start_with(config, listeners)
 }
 
 /// Starts wxgate on listeners bound by the caller.
-pub fn start_with(config: Config, listeners: Listeners) -> io::Result<Running> {
+pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, StartError> {
     metrics::init();
+    raise_open_files_limit(&config);
     let addr = listeners.public[0].local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let shared = Arc::new(Shared::new(config));
-    // Build one stack up front so that a config error surfaces here, not in a thread.
-    crate::stack(&shared).map_err(io::Error::other)?;
-
-    let shutdown = CancellationToken::new();
-    let started = Arc::new(AtomicUsize::new(0));
+    let drain = CancellationToken::new();
+    let delay_ms = Arc::new(AtomicU64::new(0));
     let worker_count = listeners.public.len();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BuildError>>();
     let mut workers = Vec::with_capacity(worker_count);
     for (id, listener) in listeners.public.into_iter().enumerate() {
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        let started = started.clone();
+        let (shared, drain, delay_ms, ready) = (shared.clone(), drain.clone(), delay_ms.clone(), ready_tx.clone());
         workers.push(
             std::thread::Builder::new()
                 .name(format!("wxgate-worker-{id}"))
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot start a worker runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(worker(shared, listener, shutdown, started, worker_count));
+                .spawn(move || match crate::net::current_thread_runtime() {
+                    Ok(rt) => rt.block_on(worker(shared, listener, drain, delay_ms, ready)),
+                    Err(e) => {
+                        let _ = ready.send(Err(BuildError::Runtime(e)));
+                    }
                 })?,
         );
     }
+    drop(ready_tx);
+    for _ in 0..worker_count {
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(StartError::Build(e)),
+            Err(_) => Some(StartError::WorkerLost),
+        };
+        if let Some(e) = failed {
+            drain.cancel();
+            for w in workers {
+                let _ = w.join();
+            }
+            return Err(e);
+        }
+    }
+    shared.readiness.set_ready();
 
     let admin_stop = CancellationToken::new();
     let admin = {
-        let (readiness, store, stop) = (shared.readiness.clone(), shared.store.clone(), admin_stop.clone());
+        let (shared, stop) = (shared.clone(), admin_stop.clone());
         let listener = listeners.admin;
         std::thread::Builder::new().name("wxgate-admin".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match crate::net::current_thread_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the admin runtime");
@@ -209,54 +269,98 @@ pub fn start_with(config: Config, listeners: Listeners) -> io::Result<Running> {
             };
             rt.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => admin::serve(l, readiness, store, stop).await,
+                    Ok(l) => admin::serve(l, shared, stop).await,
                     Err(e) => tracing::error!(error = %e, "admin listener failed"),
                 }
             });
         })?
     };
-    tracing::info!(%addr, %admin_addr, workers = worker_count, "wxgate listening");
+    let c = &shared.config;
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        appid = %c.weixin.appid,
+        upstream = %c.upstream.url,
+        weixin_api = %c.weixin.api_base,
+        session_store = "memory",
+        workers = worker_count,
+        "wxgate listening"
+    );
     Ok(Running {
         addr,
         admin_addr,
         shared,
-        shutdown,
+        drain,
+        delay_ms,
         workers,
         admin: Some((admin_stop, admin)),
     })
 }
 
+/// Raises the soft open-files limit to the hard one (each client connection
+/// may hold a backend connection too), and warns when even that is short of
+/// `server.max_connections`.
+fn raise_open_files_limit(config: &Config) {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = 2 * config.server.max_connections as u64 + 256;
+            if limit < needed {
+                tracing::warn!(
+                    open_files = limit,
+                    needed,
+                    "the open-files limit is below what server.max_connections may need (raise `ulimit -n`)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 async fn worker(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
-    shutdown: CancellationToken,
-    started: Arc<AtomicUsize>,
-    worker_count: usize,
+    drain: CancellationToken,
+    delay_ms: Arc<AtomicU64>,
+    ready: std::sync::mpsc::Sender<Result<(), BuildError>>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
+    let built = crate::stack(&shared);
+    let (stack, proxy) = match built {
+        Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot register the listener");
+            let _ = ready.send(Err(e));
             return;
         }
     };
-    let stack = match crate::stack(&shared) {
-        Ok(s) => s,
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the request stack");
+            let _ = ready.send(Err(BuildError::Runtime(e)));
             return;
         }
     };
     let config = &shared.config;
+    let s = &config.server;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // `server.header_read_timeout` is kept by `idle`'s sweep below, not by a
     // hyper timer armed on every request.
-    builder.http1().header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
-    let mut idle = idle::Watch::new(config.server.header_read_timeout.get());
-    let mut sweep = tokio::time::interval(idle.period());
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .max_headers(s.max_request_headers)
+        .max_buf_size(s.max_request_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_request_header_bytes).unwrap_or(u32::MAX));
+    let mut watch = idle::Watch::new(s.header_read_timeout.get(), s.send_timeout.get());
+    let mut sweep = tokio::time::interval(watch.period());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    // Cancelled when the listener closes: every connection then finishes
+    // what it serves and closes (HTTP/2 clients get a GOAWAY).
+    let stop_serving = CancellationToken::new();
     let flusher = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -264,82 +368,121 @@ async fn worker(
             metrics::flush_local();
         }
     });
-    if started.fetch_add(1, Ordering::SeqCst) + 1 == worker_count {
-        shared.readiness.set_ready();
-    }
+    let _ = ready.send(Ok(()));
 
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
         let (stream, remote) = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            now = sweep.tick() => {
-                let closed = idle.sweep(now);
-                if closed > 0 {
-                    tracing::debug!(closed, "closed connections idle for server.header_read_timeout");
-                }
+            () = drain.cancelled(), if stop_at.is_none() => {
+                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                stop_at = Some(tokio::time::Instant::now() + delay);
                 continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            () = sleep_until(stop_at) => break,
+            now = sweep.tick() => {
+                let (closed, cut) = watch.sweep(now);
+                if closed + cut > 0 {
+                    tracing::debug!(closed, cut, "closed idle connections and cut stalled ones");
                 }
-            },
+                proxy.reap_idle();
+                shared.login_limit.retain_recent();
+                shared.phone_limit.retain_recent();
+                continue;
+            }
+            accepted = crate::net::accept(&listener, "server.listen") => accepted,
         };
-        let _ = stream.set_nodelay(true);
+        let slot = match shared.slots.take() {
+            Some(slot) => slot,
+            None if watch.close_idle() > 0 => shared.slots.force(),
+            None => {
+                metrics::connection_refused();
+                tracing::debug!(%remote, "server.max_connections reached and no connection is idle: refused");
+                continue;
+            }
+        };
         let activity = idle::Activity::new();
         let service = ConnService {
             stack: stack.clone(),
-            forwarded_for: crate::hop::forwarded_for_value(remote),
+            client: ClientAddr::new(remote, &shared.trusted_proxies),
+            trusted: shared.trusted_proxies.clone(),
             activity: activity.clone(),
+            slot: slot.clone(),
         };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        let task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let close = CancellationToken::new();
+        let (closing, stopping) = (close.clone(), stop_serving.clone());
+        let task = connections.spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = closing.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
-        idle.add(activity, task.abort_handle());
+        watch.add(activity, close, task.abort_handle());
     }
     drop(listener);
+    stop_serving.cancel();
+    connections.close();
     let grace = config.server.shutdown_grace.get();
-    // Upgraded tunnels (WebSockets) left their HTTP connection behind, so
-    // `graceful` does not see them: they are waited for separately.
+    // WebSocket tunnels left their HTTP connection behind, so the
+    // connections do not wait for them: they are waited for separately.
     let tunnels = crate::proxy::tunnels();
     tunnels.close();
     let drained = async {
-        graceful.shutdown().await;
+        connections.wait().await;
         tunnels.wait().await;
     };
     tokio::select! {
-        _ = drained => tracing::debug!("worker drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(
-            ?grace,
-            open_tunnels = tunnels.len(),
-            "shutdown grace expired; closing remaining connections"
-        ),
+        () = drained => tracing::debug!("worker drained"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                ?grace,
+                open_connections = connections.len(),
+                open_tunnels = tunnels.len(),
+                "shutdown grace expired; closing remaining connections"
+            );
+            access_log::mark_shutdown_cut();
+        }
     }
     flusher.abort();
     metrics::flush_local();
 }
 
-/// The per-connection hyper service: tags requests with the client address,
-/// applies the client's `Connection` header (it describes this hop only, so
-/// it is consumed here, before any layer adds headers) and hands them to the
-/// worker's stack.
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The per-connection hyper service: prepares each request's per-hop
+/// headers ([`hop::client_request`]: the client's `Connection`, upgrades,
+/// where it came from) before any layer runs, and hands it to the worker's
+/// stack.
 #[derive(Clone)]
 struct ConnService {
     stack: Stack,
-    /// The client's address as an X-Forwarded-For entry, made once per connection.
-    forwarded_for: http::HeaderValue,
-    /// Requests in flight on this connection, for its idle timeout.
+    client: ClientAddr,
+    trusted: Arc<[ipnet::IpNet]>,
+    /// Requests in flight on this connection, for its timeouts.
     activity: Arc<idle::Activity>,
+    /// This connection's place, lent to a WebSocket tunnel it becomes.
+    slot: Slot,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -349,17 +492,20 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
-        crate::hop::apply_client_connection_header(req.headers_mut());
-        crate::hop::append_forwarded_for(req.headers_mut(), &self.forwarded_for);
+        let (method, version) = (req.method().clone(), req.version());
+        let upgrade = hop::client_request(req.headers_mut(), &method, version, &self.client, &self.trusted);
+        if upgrade == Upgrade::WebSocket {
+            req.extensions_mut().insert(self.slot.clone());
+        }
         Served {
-            inner: self.stack.clone().call(req.map(http_body_util::Either::Left)),
+            inner: self.stack.clone().call(req.map(Body::Incoming)),
             in_flight: Some(in_flight),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A request being served: in flight for its connection's idle timeout
+    /// A request being served: in flight for its connection's timeouts
     /// until its response body has been sent (see [`SentBody`]).
     pub struct Served<F> {
         #[pin]
@@ -378,20 +524,27 @@ where
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
         let in_flight = this.in_flight.take();
-        Poll::Ready(res.map(|res| {
+        Poll::Ready(res.map(|mut res| {
+            let record = res.extensions_mut().remove::<Arc<AccessRecord>>();
             res.map(|body| SentBody {
                 body,
-                _in_flight: in_flight,
+                in_flight,
+                record,
+                bytes: 0,
             })
         }))
     }
 }
 
-/// A response body on its way to the client; the request stays in flight
-/// until hyper has sent it all (or given up) and drops it.
+/// A response body on its way to the client. The request stays in flight
+/// until hyper has sent it all (or given up) and drops it; it tells the
+/// send timeout when hyper holds a frame; it counts the bytes and writes
+/// the access log line at its end.
 pub struct SentBody {
     body: Body,
-    _in_flight: Option<idle::InFlight>,
+    in_flight: Option<idle::InFlight>,
+    record: Option<Arc<AccessRecord>>,
+    bytes: u64,
 }
 
 impl http_body::Body for SentBody {
@@ -402,7 +555,20 @@ impl http_body::Body for SentBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if let Some(f) = &self.in_flight {
+            f.polled();
+        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            self.bytes += len;
+            if let Some(f) = &self.in_flight {
+                f.got_frame();
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -414,15 +580,37 @@ impl http_body::Body for SentBody {
     }
 }
 
-/// Listens for SIGTERM and SIGINT from now on; the future resolves when one
-/// arrives.
+impl Drop for SentBody {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let outcome = if http_body::Body::is_end_stream(&self.body) {
+                Outcome::Ok
+            } else {
+                Outcome::cut()
+            };
+            record.finish(self.bytes, outcome);
+        }
+    }
+}
+
+/// A shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: drain after `server.shutdown_delay` (an orchestrator's stop).
+    Terminate,
+    /// SIGINT: drain now (Ctrl-C at a terminal).
+    Interrupt,
+}
+
+/// Listens for SIGTERM and SIGINT from now on; the future resolves with the
+/// first that arrives.
 ///
 /// The handlers are installed by this call, not when the future is first
 /// polled: until then SIGTERM's default action kills the process, so a
 /// SIGTERM sent as soon as `/readyz` answers 200 would skip the drain and
 /// exit by signal. Call it before starting wxgate, within a tokio runtime
 /// context (`Runtime::enter`).
-pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = ()> + Send>>> {
+pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = Signal> + Send>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -430,8 +618,14 @@ pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = ()> + Send>>>
         let mut interrupt = signal(SignalKind::interrupt())?;
         Ok(Box::pin(async move {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    Signal::Terminate
+                }
+                _ = interrupt.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    Signal::Interrupt
+                }
             }
         }))
     }
@@ -439,6 +633,7 @@ pub fn shutdown_signal() -> io::Result<Pin<Box<dyn Future<Output = ()> + Send>>>
     {
         Ok(Box::pin(async {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Interrupt
         }))
     }
 }

@@ -80,10 +80,19 @@ secret = "from-the-file"
 // ---------------------------------------------------------------------------
 
 #[test]
-fn check_accepts_the_shipped_config_with_the_secret_from_the_environment() {
+fn check_accepts_the_shipped_config_with_the_required_keys_from_the_environment() {
+    // The template leaves the required keys unset: a copied config cannot
+    // start with a placeholder appid or backend.
+    let out = run(wxgate().args(["check", "--config"]).arg(shipped_config()));
+    assert_eq!(out.status.code(), Some(1));
+    for key in ["upstream.url", "weixin.appid", "weixin.secret"] {
+        assert!(text(&out.stderr).contains(key), "{key}: {}", text(&out.stderr));
+    }
     let out = run(wxgate()
         .args(["check", "--config"])
         .arg(shipped_config())
+        .env("WXGATE_UPSTREAM__URL", "http://127.0.0.1:3000")
+        .env("WXGATE_WEIXIN__APPID", "wx0123456789abcdef")
         .env("WXGATE_WEIXIN__SECRET", "s3cret-from-env"));
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
@@ -94,11 +103,6 @@ fn check_accepts_the_shipped_config_with_the_secret_from_the_environment() {
     );
     assert!(!text(&out.stdout).contains("s3cret-from-env"));
     assert!(!text(&out.stderr).contains("s3cret-from-env"));
-
-    // The same file without the secret names the missing key.
-    let out = run(wxgate().args(["check", "--config"]).arg(shipped_config()));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("weixin.secret"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -199,7 +203,9 @@ fn environment_variables_override_the_file() {
         .arg(&good.path)
         .env("WXGATE_SERVER__LISEN", "0.0.0.0:1"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("server.lisen"), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("WXGATE_SERVER__LISEN"), "{stderr}");
+    assert!(stderr.contains("did you mean WXGATE_SERVER__LISTEN"), "{stderr}");
 }
 
 #[test]
@@ -212,10 +218,14 @@ fn help_and_version() {
     }
     let out = run(wxgate().arg("--version"));
     assert!(out.status.success());
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!("wxgate {}", env!("CARGO_PKG_VERSION"))
-    );
+    // The version and the commit it was built from.
+    let version = text(&out.stdout);
+    let commit = version
+        .trim()
+        .strip_prefix(&format!("wxgate {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    assert!(!commit.is_empty(), "{version}");
     let out = run(wxgate().args(["check", "--help"]));
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("--config"));
@@ -332,6 +342,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 workers = 2
 shutdown_grace = "20s"
+shutdown_delay = "0s"
 [upstream]
 url = "http://{upstream}"
 timeout = "20s"
@@ -413,7 +424,8 @@ async fn the_binary_serves_logs_json_and_drains_on_sigterm() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("a stderr line is not JSON: {l}")))
         .collect();
     assert!(lines.iter().all(Value::is_object));
-    // The access log line: method, path without the query, status, route, request id, latency.
+    // The access log line: method, path without the query, status, route, request id, client,
+    // bytes both ways, latencies, outcome.
     let access = lines
         .iter()
         .find(|l| l["path"] == "/through/the/binary")
@@ -425,7 +437,12 @@ async fn the_binary_serves_logs_json_and_drains_on_sigterm() {
         access["request_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{access}"
     );
-    assert!(access["latency_us"].is_u64(), "{access}");
+    assert!(access["head_us"].is_u64() && access["total_us"].is_u64(), "{access}");
+    // Who asked, with what, and what went back.
+    assert_eq!(access["client"], "127.0.0.1", "{access}");
+    assert_eq!(access["request_bytes"], 0, "{access}");
+    assert!(access["response_bytes"].as_u64().is_some_and(|n| n > 0), "{access}");
+    assert_eq!(access["outcome"], "ok", "{access}");
     let all = wxgate.seen.join("\n");
     assert!(!all.contains("secret-code"), "the query was logged:\n{all}");
     assert!(!all.contains("s3cret-in-env"), "the AppSecret was logged");

@@ -291,7 +291,9 @@ async fn decrypted_data_without_a_phone_number_is_422() {
     let token = gate.login("kay.1").await;
     let key = gate.fake.session_key("kay").unwrap();
     let iv = [7u8; 16];
-    let plain = json!({"openId": "x", "nickName": "Band", "watermark": {"appid": APPID, "timestamp": 1477314187}});
+    // A user-info payload (like WeChat's demo vector), freshly watermarked.
+    let now = wxgate::session::unix_now();
+    let plain = json!({"openId": "x", "nickName": "Band", "watermark": {"appid": APPID, "timestamp": now}});
     let data = crypto::encrypt(&key, &iv, plain.to_string().as_bytes());
     use base64::Engine;
     let iv = base64::engine::general_purpose::STANDARD.encode(iv);
@@ -304,7 +306,7 @@ async fn decrypted_data_without_a_phone_number_is_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_age_bounds_the_watermark() {
-    let mut gate = start(|c| c.phone.max_age = Some(HumanDuration(Duration::from_secs(600)))).await;
+    let mut gate = start(|c| c.phone.max_age = HumanDuration(Duration::from_secs(600))).await;
     let token = gate.login("lee.1").await;
     let old = gate
         .fake

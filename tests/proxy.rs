@@ -624,11 +624,13 @@ async fn a_download_reaches_the_client_before_the_upstream_finishes() {
 // Hop-by-hop headers
 // ---------------------------------------------------------------------------
 
-const REQUEST_HOP_BY_HOP: [&str; 8] = [
+/// `TE` is hop-by-hop too, but wxgate says `TE: trailers` itself when the
+/// client does (it relays trailers); `Trailer` goes from requests only
+/// (request trailers are not forwarded).
+const REQUEST_HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
-    "te",
     "trailer",
     "upgrade",
     "x-listed-hop",
@@ -673,6 +675,7 @@ async fn hop_by_hop_request_headers_are_removed() {
         );
     }
     assert_eq!(values(&r.headers, "x-end-to-end"), ["kept"]);
+    assert_eq!(values(&r.headers, "te"), ["trailers"]);
     assert_eq!(r.body, "hello");
     drop(stream);
 
@@ -720,7 +723,6 @@ async fn hop_by_hop_response_headers_are_removed() {
         "x-upstream-hop",
         "keep-alive",
         "proxy-connection",
-        "trailer",
         "upgrade",
         "transfer-encoding",
     ] {
@@ -739,12 +741,14 @@ async fn hop_by_hop_response_headers_are_removed() {
         a.headers
     );
     assert_eq!(values(&a.headers, "x-end-to-end"), ["kept"]);
+    // Trailer is end to end (RFC 9110 §6.6.2): it names the trailers to come.
+    assert_eq!(values(&a.headers, "trailer"), ["x-sum"]);
 
     // The same over a raw connection: the bytes on the wire.
     let res = raw(gate.addr, b"GET /hop HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     let res = RawResponse::parse(&res).expect("an HTTP answer");
     assert_eq!(res.status, 200);
-    for name in ["x-upstream-hop", "keep-alive", "proxy-connection", "trailer", "upgrade"] {
+    for name in ["x-upstream-hop", "keep-alive", "proxy-connection", "upgrade"] {
         assert!(res.header(name).is_none(), "{name} on the wire: {:?}", res.headers);
     }
     finish(gate).await;
@@ -765,39 +769,48 @@ async fn forwarded_headers_are_appended_and_set() {
     assert_eq!(values(&r.headers, "x-forwarded-proto"), ["http"]);
     assert_eq!(values(&r.headers, "x-forwarded-host"), [gate.addr.to_string()]);
 
-    // A client's chain is appended to; a client's proto and host are replaced.
+    // A client is not a trusted proxy: its chain, proto, host, real IP and
+    // Forwarded are its own words, replaced by what wxgate saw.
     let a = send(
         Request::get(gate.url("/xff"))
             .header(header::HOST, "mp.example.com")
             .header("x-forwarded-for", "203.0.113.7, 198.51.100.2")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "spoofed.example")
+            .header("x-real-ip", "203.0.113.7")
+            .header("forwarded", "for=203.0.113.7;proto=https")
             .body(Full::new(Bytes::new()))
             .unwrap(),
     )
     .await;
     assert_eq!(a.status, 200);
     let r = gate.upstream.last();
-    assert_eq!(
-        values(&r.headers, "x-forwarded-for"),
-        ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
-    );
+    assert_eq!(values(&r.headers, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(&r.headers, "x-real-ip"), ["127.0.0.1"]);
     assert_eq!(values(&r.headers, "x-forwarded-proto"), ["http"]);
     assert_eq!(values(&r.headers, "x-forwarded-host"), ["mp.example.com"]);
+    assert!(values(&r.headers, "forwarded").is_empty());
+    finish(gate).await;
 
-    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): none is lost.
+    // Behind a trusted load balancer (here: loopback), its list is kept and
+    // appended to, the client is the last untrusted address, and its proto
+    // and host are kept.
+    let behind = self::gate(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".into(), "10.0.0.0/8".into()]).await;
     let res = raw(
-        gate.addr,
-        b"GET /xff HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nConnection: close\r\n\r\n",
+        behind.addr,
+        b"GET /xff HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-For: 10.0.0.3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: mp.example.com\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(RawResponse::parse(&res).unwrap().status, 200);
-    let r = gate.upstream.last();
+    let r = behind.upstream.last();
     assert_eq!(
         values(&r.headers, "x-forwarded-for"),
-        ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
+        ["6.6.6.6, 203.0.113.7, 10.0.0.3, 127.0.0.1"]
     );
-    finish(gate).await;
+    assert_eq!(values(&r.headers, "x-real-ip"), ["203.0.113.7"]);
+    assert_eq!(values(&r.headers, "x-forwarded-proto"), ["https"]);
+    assert_eq!(values(&r.headers, "x-forwarded-host"), ["mp.example.com"]);
+    finish(behind).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -850,7 +863,8 @@ fn spoofed_request(path: &str, session: Option<&str>) -> Vec<u8> {
     if let Some(s) = session {
         req.push_str(&format!("x-wx-session: {s}\r\n"));
     }
-    req.push_str("x-wx-openidx: not-an-identity-header\r\n\r\n");
+    req.push_str("x-wx-openidx: in-the-x-wx-family\r\n");
+    req.push_str("x-openidx: not-an-identity-header\r\n\r\n");
     req.into_bytes()
 }
 
@@ -868,7 +882,11 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         vec![],
         "spoofed headers passed"
     );
-    assert_eq!(values(&r.headers, "x-wx-openidx"), ["not-an-identity-header"]);
+    assert_eq!(values(&r.headers, "x-openidx"), ["not-an-identity-header"]);
+    assert!(
+        values(&r.headers, "x-wx-openidx").is_empty(),
+        "the x-wx- family is wxgate's"
+    );
 
     // With a live session: only wxgate's own values, once each. alice has
     // no unionid (so none may arrive), unionann has one.
@@ -1012,6 +1030,9 @@ async fn custom_header_names_are_stripped_in_every_spelling() {
         c.headers.pure_phone_number = "x-phone-pure".into();
         c.headers.country_code = "x-phone-cc".into();
         c.session.header = "X-Token".into();
+        // Without the x-wx- family rule, the default names are ordinary headers.
+        c.headers.strip_prefixes = vec![];
+        c.headers.strip_names = vec![];
     })
     .await;
     let custom = [

@@ -1,57 +1,51 @@
-//! One log line and the metrics for every request, a request id, and the
-//! conversion of errors into responses.
+//! The metrics of every request, and its access log line.
 //!
-//! - `x-request-id`: a client's value is kept when it is short visible ASCII,
-//!   otherwise wxgate makes one; it goes upstream and back to the client.
-//! - The log line (target `wxgate::access`, level info) has method, path
-//!   (never the query, which may carry codes), status, latency, route kind
-//!   and request id. `RUST_LOG=wxgate::access=off` silences it.
-//! - Errors from the layers below become responses here, through
-//!   [`Error::into_response`], the one place that makes error responses; the
-//!   service below this layer therefore never fails.
+//! - Metrics are recorded when the response head is ready (status, route
+//!   kind, time to the head), or with status 499 when the client went away
+//!   before it (nginx's "client closed request").
+//! - The log line (target `wxgate::access`, level info) is written when the
+//!   response has been sent, so that it can say how it ended and how many
+//!   body bytes went out: method, path (never the query, which may carry
+//!   codes), status, route kind, request id, client address (`X-Real-IP`, as
+//!   wxgate set it), user agent, the request's declared body length, the
+//!   response body bytes sent, the time to the head and in all, and the
+//!   outcome: `ok`, `client_closed` (the client went away) or `shutdown`
+//!   (cut when `server.shutdown_grace` ran out). The layer builds the
+//!   [`AccessRecord`] and hands it on in the response's extensions; the
+//!   server's response body writes it ([`AccessRecord::finish`]).
+//!   `RUST_LOG=wxgate::access=off` silences it, and then no record is made.
+//!
+//! It sits above the errors layer: a failure is logged once there, as the
+//! failure it is, and here as the answer the client got.
+//!
+//! ```text
+//! ServiceBuilder::new().layer(AccessLogLayer::new(routes)).layer(ErrorsLayer).service(inner)
+//! ```
 
-use std::convert::Infallible;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use http::header::Entry;
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, header};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::error::Error;
+use crate::hop::X_REAL_IP;
+use crate::layers::request_id::X_REQUEST_ID;
 use crate::metrics::{self, RouteKind};
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::routes::Routes;
 
 #[derive(Clone)]
 pub struct AccessLogLayer {
-    state: Arc<State>,
-}
-
-struct State {
-    login_path: Box<str>,
-    phone_path: Box<str>,
-    /// Random per worker, so ids from several workers and restarts differ.
-    id_prefix: u64,
-    counter: AtomicU64,
+    routes: Arc<Routes>,
 }
 
 impl AccessLogLayer {
-    /// One per worker thread: the request-id counter is then never shared.
-    pub fn new(login_path: &str, phone_path: &str) -> Self {
-        Self {
-            state: Arc::new(State {
-                login_path: login_path.into(),
-                phone_path: phone_path.into(),
-                id_prefix: rand::random(),
-                counter: AtomicU64::new(0),
-            }),
-        }
+    pub fn new(routes: Arc<Routes>) -> Self {
+        Self { routes }
     }
 }
 
@@ -60,7 +54,7 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessLog {
             inner,
-            state: self.state.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -68,98 +62,160 @@ impl<S> Layer<S> for AccessLogLayer {
 #[derive(Clone)]
 pub struct AccessLog<S> {
     inner: S,
-    state: Arc<State>,
+    routes: Arc<Routes>,
 }
 
-/// `prefix` and `n` as 32 hex digits, without a detour through `format!`.
-fn request_id(prefix: u64, n: u64) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    for (i, byte) in prefix.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
-        buf[2 * i] = HEX[usize::from(byte >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+/// One request's access log line, waiting for its response to be sent.
+#[derive(Debug)]
+pub struct AccessRecord {
+    method: Method,
+    path: Box<str>,
+    route: RouteKind,
+    status: u16,
+    request_id: Option<HeaderValue>,
+    client: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    request_bytes: Option<u64>,
+    start: Instant,
+    to_head: Duration,
 }
 
-fn valid_request_id(v: &HeaderValue) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+/// How a response ended, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    ClientClosed,
+    Shutdown,
 }
 
-impl<S> Service<Request<Body>> for AccessLog<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The services below are always ready (they hold no capacity).
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(_) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::Shutdown => "shutdown",
         }
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    /// A response that did not finish: cut by the shutdown grace when the
+    /// worker says so, else abandoned by its client.
+    pub fn cut() -> Self {
+        if CUT_BY_SHUTDOWN.with(Cell::get) {
+            Outcome::Shutdown
+        } else {
+            Outcome::ClientClosed
+        }
+    }
+}
+
+thread_local! {
+    /// Set by a worker when `server.shutdown_grace` ran out and it drops
+    /// what is left, so those requests are not logged as clients leaving.
+    static CUT_BY_SHUTDOWN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The calling worker is about to drop its remaining connections.
+pub fn mark_shutdown_cut() {
+    CUT_BY_SHUTDOWN.with(|c| c.set(true));
+}
+
+impl AccessRecord {
+    /// Writes the line: the response is done (`outcome`), `bytes` of its
+    /// body went out.
+    pub fn finish(&self, bytes: u64, outcome: Outcome) {
+        let s = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        tracing::info!(
+            target: "wxgate::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            route = self.route.as_str(),
+            request_id = %s(&self.request_id),
+            client = %s(&self.client),
+            user_agent = %s(&self.user_agent),
+            request_bytes = self.request_bytes,
+            response_bytes = bytes,
+            head_us = self.to_head.as_micros() as u64,
+            total_us = self.start.elapsed().as_micros() as u64,
+            outcome = outcome.as_str(),
+        );
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         metrics::request_started();
-        let path = req.uri().path();
-        let route = if path == &*self.state.login_path {
-            RouteKind::Login
-        } else if path == &*self.state.phone_path {
-            RouteKind::Phone
-        } else {
-            RouteKind::Passthrough
-        };
-        // One lookup: keep a valid id, replace an invalid one, add a missing one.
-        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
-            Entry::Occupied(o) if valid_request_id(o.get()) => o.get().clone(),
-            entry => {
-                let n = self.state.counter.fetch_add(1, Ordering::Relaxed);
-                let v = request_id(self.state.id_prefix, n);
-                match entry {
-                    Entry::Occupied(mut o) => {
-                        o.insert(v.clone());
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(v.clone());
-                    }
-                }
-                v
-            }
-        };
-        let log = tracing::enabled!(target: "wxgate::access", tracing::Level::INFO)
-            .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
+        let route = self.routes.kind(req.uri().path());
+        let record = tracing::enabled!(target: "wxgate::access", tracing::Level::INFO).then(|| {
+            let h = req.headers();
+            Box::new(AccessRecord {
+                method: req.method().clone(),
+                path: req.uri().path().into(),
+                route,
+                status: 0,
+                request_id: h.get(X_REQUEST_ID).cloned(),
+                client: h.get(X_REAL_IP).cloned(),
+                user_agent: h.get(header::USER_AGENT).cloned(),
+                request_bytes: declared_length(&req),
+                start,
+                to_head: Duration::ZERO,
+            })
+        });
         ResponseFuture {
             inner: self.inner.call(req),
             start,
             route,
-            request_id: Some(request_id),
-            log,
+            record,
+            done: false,
         }
+    }
+}
+
+/// The request body's length as declared (0 without a body; `None` when
+/// it streams without one).
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()),
+        None if req.method() == Method::GET || req.method() == Method::HEAD => Some(0),
+        None => None,
     }
 }
 
 pin_project_lite::pin_project! {
     /// Records the request when the response head is ready, or, when the
-    /// client goes away first and the future is dropped, with status 499
-    /// (nginx's "client closed request").
+    /// client goes away first and the future is dropped, with status 499.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         start: Instant,
         route: RouteKind,
-        request_id: Option<HeaderValue>,
-        log: Option<Box<(Method, String)>>,
+        record: Option<Box<AccessRecord>>,
+        done: bool,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(id) = this.request_id.take() {
-                record(*this.start, *this.route, CLIENT_CLOSED, &id, this.log.take());
+            if !*this.done {
+                let now = Instant::now();
+                metrics::request_finished(*this.route, CLIENT_CLOSED, now - *this.start, now.into_std());
+                if let Some(mut record) = this.record.take() {
+                    record.status = CLIENT_CLOSED;
+                    record.to_head = now - *this.start;
+                    record.finish(0, Outcome::cut());
+                }
             }
         }
     }
@@ -167,55 +223,32 @@ pin_project_lite::pin_project! {
 
 const CLIENT_CLOSED: u16 = 499;
 
-fn record(start: Instant, route: RouteKind, status: u16, id: &HeaderValue, log: Option<Box<(Method, String)>>) {
-    let now = Instant::now();
-    let elapsed = now - start;
-    metrics::request_finished(route, status, elapsed, now.into_std());
-    if let Some(log) = log {
-        let (method, path) = &*log;
-        tracing::info!(
-            target: "wxgate::access",
-            %method,
-            path = %path,
-            status,
-            latency_us = elapsed.as_micros() as u64,
-            route = route.as_str(),
-            request_id = %id.to_str().unwrap_or("-"),
-        );
-    }
-}
-
-impl<F> Future for ResponseFuture<F>
+impl<F, R, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, Error>>,
+    F: Future<Output = Result<Response<R>, E>>,
 {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<R>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut res = match ready!(this.inner.poll(cx)) {
-            Ok(res) => res,
-            Err(e) => e.into_response(),
+        let result = ready!(this.inner.poll(cx));
+        *this.done = true;
+        // Errors are answers by now (the errors layer is below this one).
+        let status = match &result {
+            Ok(res) => res.status().as_u16(),
+            Err(_) => 500,
         };
-        if let Some(id) = this.request_id.take() {
-            record(*this.start, *this.route, res.status().as_u16(), &id, this.log.take());
-            res.headers_mut().insert(X_REQUEST_ID, id);
-        }
-        Poll::Ready(Ok(res))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_32_hex_digits_and_distinct() {
-        let a = request_id(0x0123_4567_89ab_cdef, 1);
-        assert_eq!(a, "0123456789abcdef0000000000000001");
-        assert_ne!(request_id(7, 1), request_id(7, 2));
-        assert!(valid_request_id(&a));
-        assert!(!valid_request_id(&HeaderValue::from_static("")));
-        assert!(!valid_request_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()));
+        let now = Instant::now();
+        let elapsed = now - *this.start;
+        metrics::request_finished(*this.route, status, elapsed, now.into_std());
+        let Some(mut record) = this.record.take() else {
+            return Poll::Ready(result);
+        };
+        record.status = status;
+        record.to_head = elapsed;
+        Poll::Ready(result.map(|mut res| {
+            res.extensions_mut().insert(Arc::<AccessRecord>::from(record));
+            res
+        }))
     }
 }

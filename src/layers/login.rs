@@ -3,156 +3,118 @@
 //! AppSecret or a session_key.
 //!
 //! - `POST` with `{"code": "..."}` (or a form body, or a `code` query
-//!   parameter; the body's wins). A code is 1 to 128 visible ASCII characters.
+//!   parameter; the body's wins). A body that parses as JSON is read as
+//!   JSON whatever its Content-Type says (curl's `-d` labels it a form). A
+//!   code is 1 to 128 visible ASCII characters.
 //! - Retries are safe: WeChat codes are single-use, so the code's outcome is
 //!   remembered for `session.code_ttl` and concurrent identical exchanges are
-//!   coalesced into one call (moka's `entry().or_try_insert_with`). A retried
-//!   login gets the same session token, with exactly one call to WeChat.
-//!   Failures are not remembered: a busy answer must stay retryable.
+//!   coalesced into one call ([`SessionStore::login`]). A retried login gets
+//!   the same session token, with exactly one call to WeChat; it is logged
+//!   and counted. A code WeChat refused is remembered as refused; a busy or
+//!   unreachable WeChat is not, so a retry may pass.
+//! - `code_ttl` is short (60 s by default): a remembered code opens its
+//!   session to whoever sends it again, and a retry comes within seconds.
+//!   The code never reaches the backend: it is removed from the forwarded
+//!   body and query, so neither the backend nor a log behind it can replay it.
 //! - The new session key is recorded as the user's newest, after the key of
 //!   the session the request carried (when it is the same user), so the phone
 //!   route can still decrypt data made under the key the login replaced.
-//! - `mode = "forward"`: the request goes upstream with the identity headers
-//!   and the response comes back with the session header added.
+//! - `mode = "forward"`: the request goes upstream with the new session's
+//!   identity and the response comes back with the session header added.
 //!   `mode = "respond"`: wxgate answers `{"session", "openid", "expires_in"}`
 //!   itself (and sets the session header too).
+//! - `[limits] login_per_address` bounds logins per client address.
 //!
 //! No WeChat error is ever forwarded upstream: a failed login is answered
-//! here, as JSON, through [`Error::into_response`].
+//! here, as JSON.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use moka::future::Cache;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use serde_json::Value;
-use tower::Service;
-
-use crate::layers::route::{Route, RouteHandler, RouteLayer};
 
 use crate::body::{self, Body};
 use crate::config::{Config, LoginMode};
 use crate::error::Error;
-use crate::layers::identity::{CurrentSession, IdentityHeaders};
+use crate::headers::visible_ascii;
+use crate::hop::X_REAL_IP;
+use crate::identity::Identity;
 use crate::metrics;
-use crate::session::{Session, SessionStore, SessionToken, unix_now};
+use crate::proxy::Proxy;
+use crate::ratelimit::Limiter;
+use crate::session::{Issued, Session, SessionStore, SessionToken, unix_now};
 use crate::weixin::client::WeixinClient;
 
-/// A code's outcome: the session it opened.
-#[derive(Clone)]
-struct Issued {
-    token: SessionToken,
-    session: Session,
-}
-
-/// State shared by every worker: the code cache must be one, or a retry
-/// landing on another worker would call WeChat again.
-pub struct LoginShared {
-    codes: Cache<String, Issued>,
-}
-
-impl LoginShared {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            codes: Cache::builder()
-                .max_capacity(config.session.max_entries)
-                .time_to_live(config.session.code_ttl.get())
-                .build(),
-        }
-    }
-}
-
-/// The login route as a layer.
-pub type LoginLayer = RouteLayer<LoginRoute>;
-/// The login route's service.
-pub type Login<S> = Route<S, LoginRoute>;
-
-pub struct LoginRoute {
-    path: Box<str>,
+pub struct Login {
     mode: LoginMode,
     body_limits: body::Limits,
     ttl_secs: u64,
-    shared: Arc<LoginShared>,
     store: Arc<dyn SessionStore>,
     weixin: WeixinClient,
-    headers: Arc<IdentityHeaders>,
+    session_header: HeaderName,
+    per_address: Arc<Limiter<IpAddr>>,
 }
 
-impl RouteLayer<LoginRoute> {
+impl Login {
     pub fn new(
         config: &Config,
-        shared: Arc<LoginShared>,
         store: Arc<dyn SessionStore>,
         weixin: WeixinClient,
-        headers: Arc<IdentityHeaders>,
+        session_header: HeaderName,
+        per_address: Arc<Limiter<IpAddr>>,
     ) -> Self {
-        Self::from_handler(LoginRoute {
-            path: config.login.path.as_str().into(),
+        Self {
             mode: config.login.mode,
             body_limits: body::Limits::new(&config.server),
             ttl_secs: config.session.ttl.get().as_secs(),
-            shared,
             store,
             weixin,
-            headers,
-        })
-    }
-}
-
-impl RouteHandler for LoginRoute {
-    fn path(&self) -> &str {
-        &self.path
+            session_header,
+            per_address,
+        }
     }
 
-    async fn handle<S>(self: Arc<Self>, inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Send + 'static,
-        S::Future: Send,
-    {
-        let result = self.login(inner, req).await;
+    pub async fn handle(&self, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
+        let result = self.login(req, proxy).await;
         metrics::login(match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
         });
         result
     }
-}
 
-impl LoginRoute {
-    async fn login<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
-    {
+    async fn login(&self, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
         if req.method() != Method::POST {
             return Err(Error::MethodNotAllowed("POST"));
         }
+        if let Some(ip) = client_ip(req.headers()) {
+            self.per_address.check(&ip)?;
+        }
         let (mut parts, body) = req.into_parts();
         let bytes = body::read_limited(&parts.headers, body, self.body_limits).await?;
-        let code = extract_code(&parts.headers, &bytes, parts.uri.query())?;
-        let previous = parts.extensions.get::<CurrentSession>().cloned();
+        let form = Form::of(&parts.headers, &bytes);
+        let code = extract_code(form, &bytes, parts.uri.query())?;
+        let previous = parts.extensions.remove::<Identity>();
 
-        let entry = self
-            .shared
-            .codes
-            .entry(code.clone())
-            .or_try_insert_with(self.exchange(&code, previous))
-            .await
-            .map_err(|e| Error::clone(&e))?;
-        if !entry.is_fresh() {
+        let login = self.store.login(&code, self.exchange(&code, previous).boxed()).await?;
+        if !login.fresh {
             metrics::code_cache_hit();
-            tracing::debug!("retried login answered from the code cache");
+            tracing::info!("retried login answered from the code cache");
         }
-        let issued = entry.into_value();
-        let token = HeaderValue::from_str(&issued.token.to_text())
-            .map_err(|_| Error::Internal("session token is not a header value".into()))?;
-        let age = unix_now().saturating_sub(issued.session.created_at());
+        let Issued { token, session } = login.issued;
+        let token_value = HeaderValue::from_str(&token.to_text())
+            .map_err(|_| Error::Internal("a session token is not a header value".into()))?;
+        let age = unix_now().saturating_sub(session.created_at());
         let expires_in = self.ttl_secs.saturating_sub(age);
 
         let mut res = match self.mode {
             LoginMode::Respond => {
                 let body = serde_json::json!({
-                    "session": issued.token.to_text(),
-                    "openid": issued.session.openid(),
+                    "session": token.to_text(),
+                    "openid": session.openid(),
                     "expires_in": expires_in,
                 });
                 let mut res = Response::new(body::full(body.to_string()));
@@ -162,46 +124,81 @@ impl LoginRoute {
                 res
             }
             LoginMode::Forward => {
-                self.headers.insert_identity(&mut parts.headers, &issued.session);
-                // A phone remembered for the previous session is not this one's.
-                self.headers.remove_phone(&mut parts.headers);
-                parts.extensions.insert(CurrentSession {
-                    token: issued.token,
-                    session: issued.session.clone(),
+                // The code stays here: neither the backend nor its logs see it.
+                let body = without_code(form, &bytes);
+                if body.len() != bytes.len() {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+                if let Some(uri) = uri_without_code(&parts.uri) {
+                    parts.uri = uri;
+                }
+                parts.extensions.insert(Identity {
+                    token: Some(token),
+                    session,
                 });
-                inner.call(Request::from_parts(parts, body::full(bytes))).await?
+                proxy.forward(Request::from_parts(parts, body::full(body))).await?
             }
         };
         let h = res.headers_mut();
-        h.insert(&self.headers.session, token);
+        h.insert(&self.session_header, token_value);
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(res)
     }
 
     /// The one call to WeChat for a code, and the session it opens.
-    async fn exchange(&self, code: &str, previous: Option<CurrentSession>) -> Result<Issued, Error> {
-        {
-            let login = self.weixin.code2session(code).await?;
-            let session = Session::new(&login.openid, login.unionid.as_deref(), login.session_key, unix_now());
-            if let Some(prev) = previous.filter(|p| p.session.openid() == session.openid()) {
-                self.store
-                    .record_key(session.openid(), *prev.session.session_key())
-                    .await?;
-            }
-            self.store.record_key(session.openid(), *session.session_key()).await?;
-            let token = SessionToken::generate();
-            self.store.insert(token, session.clone()).await?;
-            tracing::debug!(openid = %session.openid(), unionid = session.unionid().is_some(), "login: new session");
-            Ok(Issued { token, session })
+    async fn exchange(&self, code: &str, previous: Option<Identity>) -> Result<Issued, Error> {
+        let login = self.weixin.code2session(code).await?;
+        let session = Session::new(&login.openid, login.unionid.as_deref(), login.session_key, unix_now());
+        if let Some(prev) = previous.filter(|p| p.session.openid() == session.openid()) {
+            self.store
+                .record_key(session.openid(), *prev.session.session_key())
+                .await?;
+        }
+        self.store.record_key(session.openid(), *session.session_key()).await?;
+        let token = SessionToken::generate();
+        self.store.insert(&token, &session).await?;
+        tracing::debug!(openid = %session.openid(), unionid = session.unionid().is_some(), "login: new session");
+        Ok(Issued { token, session })
+    }
+}
+
+/// The client's address, as the server put it in `X-Real-IP`.
+pub fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    headers.get(X_REAL_IP)?.to_str().ok()?.parse().ok()
+}
+
+/// How the body is read: JSON (or empty), or a form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Json,
+    UrlEncoded,
+}
+
+impl Form {
+    /// A body labelled a form that parses as a JSON object is JSON: curl's
+    /// `-d '{"code":...}'` labels it `application/x-www-form-urlencoded`.
+    fn of(headers: &HeaderMap, body: &[u8]) -> Self {
+        let labelled_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
+        if labelled_form && !matches!(serde_json::from_slice::<Value>(body), Ok(Value::Object(_))) {
+            Form::UrlEncoded
+        } else {
+            Form::Json
         }
     }
 }
 
 /// The login code from the body (JSON or form) or else the query.
-fn extract_code(headers: &http::HeaderMap, body: &Bytes, query: Option<&str>) -> Result<String, Error> {
+fn extract_code(form: Form, body: &[u8], query: Option<&str>) -> Result<String, Error> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
-    } else if is_form(headers) {
+    } else if form == Form::UrlEncoded {
         form_urlencoded::parse(body)
             .find(|(k, _)| k == "code")
             .map(|(_, v)| v.into_owned())
@@ -210,11 +207,11 @@ fn extract_code(headers: &http::HeaderMap, body: &Bytes, query: Option<&str>) ->
             Ok(Value::Object(map)) => match map.get("code") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => return Err(Error::InvalidRequest("\"code\" must be a string".into())),
+                Some(_) => return Err(Error::invalid("\"code\" must be a string")),
             },
             _ => {
-                return Err(Error::InvalidRequest(
-                    "the body must be a JSON object like {\"code\": \"...\"}".into(),
+                return Err(Error::invalid(
+                    "the body must be a JSON object like {\"code\": \"...\"}",
                 ));
             }
         }
@@ -225,34 +222,64 @@ fn extract_code(headers: &http::HeaderMap, body: &Bytes, query: Option<&str>) ->
                 .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "code"))
                 .map(|(_, v)| v.into_owned())
         })
-        .ok_or_else(|| Error::InvalidRequest("missing \"code\" (from wx.login)".into()))?;
-    if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::InvalidRequest(
-            "\"code\" must be 1 to 128 visible ASCII characters".into(),
-        ));
+        .ok_or_else(|| Error::invalid("missing \"code\" (from wx.login)"))?;
+    if !visible_ascii(&code, 128) {
+        return Err(Error::invalid("\"code\" must be 1 to 128 visible ASCII characters"));
     }
     Ok(code)
 }
 
-fn is_form(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        })
+/// The body the backend gets: the client's, without `code`.
+fn without_code(form: Form, body: &Bytes) -> Bytes {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return body.clone();
+    }
+    match form {
+        Form::UrlEncoded => {
+            if !form_urlencoded::parse(body).any(|(k, _)| k == "code") {
+                return body.clone();
+            }
+            let kept = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form_urlencoded::parse(body).filter(|(k, _)| k != "code"))
+                .finish();
+            Bytes::from(kept)
+        }
+        Form::Json => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(mut map)) if map.contains_key("code") => {
+                map.remove("code");
+                Bytes::from(Value::Object(map).to_string())
+            }
+            _ => body.clone(),
+        },
+    }
+}
+
+/// The URI without a `code` query parameter; `None` when it has none.
+fn uri_without_code(uri: &Uri) -> Option<Uri> {
+    let query = uri.query()?;
+    if !form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "code") {
+        return None;
+    }
+    let kept = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "code"))
+        .finish();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{kept}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderMap;
     use proptest::prelude::*;
 
     fn code(body: &str, query: Option<&str>) -> Result<String, Error> {
-        extract_code(&HeaderMap::new(), &Bytes::from(body.to_owned()), query)
+        extract_code(Form::Json, body.as_bytes(), query)
     }
 
     #[test]
@@ -276,22 +303,46 @@ mod tests {
     }
 
     #[test]
-    fn form_bodies_work() {
+    fn form_bodies_work_and_json_labelled_a_form_is_json() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
             "application/x-www-form-urlencoded".parse().unwrap(),
         );
+        let form = Form::of(&h, b"a=1&code=xyz");
+        assert_eq!(form, Form::UrlEncoded);
+        assert_eq!(extract_code(form, b"a=1&code=xyz", None).unwrap(), "xyz");
+        let json = br#"{"code":"abc"}"#;
+        let form = Form::of(&h, json);
+        assert_eq!(form, Form::Json, "curl -d labels JSON a form");
+        assert_eq!(extract_code(form, json, None).unwrap(), "abc");
+    }
+
+    #[test]
+    fn the_code_is_removed_from_what_the_backend_gets() {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert_eq!(
-            extract_code(&h, &Bytes::from_static(b"a=1&code=xyz"), None).unwrap(),
-            "xyz"
+            without_code(Form::Json, &b(r#"{"code":"c","nick":"n"}"#)),
+            r#"{"nick":"n"}"#
         );
+        assert_eq!(without_code(Form::Json, &b(r#"{"code":"c"}"#)), "{}");
+        assert_eq!(without_code(Form::Json, &b(r#"{"nick":"n"}"#)), r#"{"nick":"n"}"#);
+        assert_eq!(without_code(Form::UrlEncoded, &b("a=1&code=c&b=2")), "a=1&b=2");
+        assert_eq!(without_code(Form::Json, &b("")), "");
+        let uri: Uri = "/api/login?code=c&x=1".parse().unwrap();
+        assert_eq!(uri_without_code(&uri).unwrap(), "/api/login?x=1");
+        let uri: Uri = "/api/login?code=c".parse().unwrap();
+        assert_eq!(uri_without_code(&uri).unwrap(), "/api/login");
+        assert!(uri_without_code(&"/api/login?x=1".parse().unwrap()).is_none());
     }
 
     proptest! {
         #[test]
         fn the_body_parser_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512), query in ".{0,64}") {
-            let _ = extract_code(&HeaderMap::new(), &Bytes::from(body), Some(&query));
+            let _ = extract_code(Form::Json, &body, Some(&query));
+            let _ = extract_code(Form::UrlEncoded, &body, Some(&query));
+            let _ = without_code(Form::Json, &Bytes::from(body.clone()));
+            let _ = without_code(Form::UrlEncoded, &Bytes::from(body));
         }
     }
 }

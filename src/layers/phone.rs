@@ -13,9 +13,12 @@
 //!   stable access token; on a token rejection (40001/40014/42001) it
 //!   refreshes the token once and retries once. That is the only retry: each
 //!   successful call is billed.
+//! - The code flow is billed: `[limits] phone_per_session` bounds phone
+//!   requests per session.
 //! - Every value is checked (digits, an optional leading '+', bounded
-//!   length) before it becomes a header; a refused request never reaches the
-//!   backend.
+//!   length) before it is established; a refused request never reaches the
+//!   backend. The number goes into the request's extensions
+//!   ([`EstablishedPhone`]); the render step writes the headers.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,16 +29,16 @@ use http::{Method, Request, Response, header};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use tower::Service;
-
-use crate::layers::route::{Route, RouteHandler, RouteLayer};
 
 use crate::body::{self, Body};
 use crate::config::{Config, ForwardBody};
 use crate::error::Error;
-use crate::layers::identity::{CurrentSession, IdentityHeaders};
+use crate::headers::visible_ascii;
+use crate::identity::{EstablishedPhone, Identity};
 use crate::metrics;
-use crate::session::{PhoneNumber, Session, SessionStore, unix_now};
+use crate::proxy::Proxy;
+use crate::ratelimit::Limiter;
+use crate::session::{PhoneNumber, Session, SessionStore, SessionToken, unix_now};
 use crate::weixin::client::{PhoneCallError, PhoneInfo, WeixinClient};
 use crate::weixin::crypto::{self, DecryptError, DecryptedData, SessionKey, mask_phone};
 use crate::weixin::token::AccessTokenProvider;
@@ -43,44 +46,37 @@ use crate::weixin::token::AccessTokenProvider;
 /// Fields removed from the forwarded body with `forward_body = "strip"`.
 const ENCRYPTED_FIELDS: [&str; 4] = ["encryptedData", "iv", "code", "cloudID"];
 
-/// The phone route as a layer.
-pub type PhoneLayer = RouteLayer<PhoneRoute>;
-/// The phone route's service.
-pub type Phone<S> = Route<S, PhoneRoute>;
-
-pub struct PhoneRoute {
-    path: Box<str>,
+pub struct Phone {
     appid: Box<str>,
     body_limits: body::Limits,
-    max_age: Option<u64>,
+    max_age: u64,
     remember: bool,
     forward_body: ForwardBody,
     store: Arc<dyn SessionStore>,
     weixin: WeixinClient,
     tokens: Arc<AccessTokenProvider>,
-    headers: Arc<IdentityHeaders>,
+    per_session: Arc<Limiter<SessionToken>>,
 }
 
-impl RouteLayer<PhoneRoute> {
+impl Phone {
     pub fn new(
         config: &Config,
         store: Arc<dyn SessionStore>,
         weixin: WeixinClient,
         tokens: Arc<AccessTokenProvider>,
-        headers: Arc<IdentityHeaders>,
+        per_session: Arc<Limiter<SessionToken>>,
     ) -> Self {
-        Self::from_handler(PhoneRoute {
-            path: config.phone.path.as_str().into(),
+        Self {
             appid: config.weixin.appid.as_str().into(),
             body_limits: body::Limits::new(&config.server),
-            max_age: config.phone.max_age.map(|d| d.get().as_secs()),
+            max_age: config.phone.max_age.get().as_secs(),
             remember: config.phone.remember,
             forward_body: config.phone.forward_body,
             store,
             weixin,
             tokens,
-            headers,
-        })
+            per_session,
+        }
     }
 }
 
@@ -164,13 +160,13 @@ fn field<'a>(name: &str, f: Field<'a>) -> Result<Option<Cow<'a, str>>, Error> {
     match f {
         Field::Absent => Ok(None),
         Field::Str(s) if !s.is_empty() => Ok(Some(s)),
-        _ => Err(Error::InvalidRequest(format!("\"{name}\" must be a non-empty string"))),
+        _ => Err(Error::invalid(format!("\"{name}\" must be a non-empty string"))),
     }
 }
 
 /// Parses the phone route's body: `{"encryptedData","iv"}`, `{"code"}`, or both.
 pub fn parse_request(body: &[u8]) -> Result<PhoneRequest<'_>, Error> {
-    let invalid = |m: &str| Error::InvalidRequest(m.to_owned());
+    let invalid = |m: &'static str| Error::invalid(m);
     let not_an_object = || invalid("the body must be a JSON object with \"encryptedData\" and \"iv\", or \"code\"");
     // An object only: the derived visitor would also take an array of the
     // fields in order.
@@ -187,7 +183,7 @@ pub fn parse_request(body: &[u8]) -> Result<PhoneRequest<'_>, Error> {
         _ => return Err(invalid("\"encryptedData\" and \"iv\" go together")),
     };
     if let Some(c) = &code
-        && (c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()))
+        && !visible_ascii(c, 128)
     {
         return Err(invalid("\"code\" must be 1 to 128 visible ASCII characters"));
     }
@@ -199,31 +195,17 @@ pub fn parse_request(body: &[u8]) -> Result<PhoneRequest<'_>, Error> {
     Ok(PhoneRequest { encrypted, code })
 }
 
-impl RouteHandler for PhoneRoute {
-    fn path(&self) -> &str {
-        &self.path
-    }
-
-    async fn handle<S>(self: Arc<Self>, inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Error> + Send + 'static,
-        S::Future: Send,
-    {
-        self.phone(inner, req).await
-    }
-}
-
-impl PhoneRoute {
-    async fn phone<S>(&self, mut inner: S, req: Request<Body>) -> Result<Response<Body>, Error>
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Error>,
-    {
+impl Phone {
+    pub async fn handle(&self, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
         if req.method() != Method::POST {
             return Err(Error::MethodNotAllowed("POST"));
         }
-        let Some(current) = req.extensions().get::<CurrentSession>().cloned() else {
+        let Some(current) = req.extensions().get::<Identity>().cloned() else {
             return Err(Error::SessionRequired);
         };
+        if let Some(token) = &current.token {
+            self.per_session.check(token)?;
+        }
         let (mut parts, body) = req.into_parts();
         let bytes = body::read_limited(&parts.headers, body, self.body_limits).await?;
         let request = parse_request(&bytes)?;
@@ -232,16 +214,14 @@ impl PhoneRoute {
             (Some((data, iv)), code) => match self.decrypt(&current.session, data, iv).await {
                 Err(Error::DecryptFailed | Error::InvalidRequest(_)) if code.is_some() => {
                     metrics::phone("decrypt", "fallback_to_code");
-                    (
-                        "code",
-                        self.exchange(&current.session, code.as_deref().unwrap_or_default())
-                            .await,
-                    )
+                    let code = code.as_deref().unwrap_or_default();
+                    ("code", self.exchange(&current.session, code).await)
                 }
                 other => ("decrypt", other),
             },
             (None, Some(code)) => ("code", self.exchange(&current.session, code).await),
-            (None, None) => unreachable_request(),
+            // parse_request refuses a body with neither.
+            (None, None) => ("none", Err(Error::invalid("expected encryptedData and iv, or code"))),
         };
         let phone = match result {
             Ok(p) => p,
@@ -253,13 +233,17 @@ impl PhoneRoute {
         metrics::phone(flow, "ok");
         tracing::info!(openid = %current.session.openid(), phone = %mask_phone(&phone.phone_number), flow, "phone number established");
 
-        if self.remember && current.session.phone() != Some(&phone) {
+        if self.remember
+            && current.session.phone() != Some(&phone)
+            && let Some(token) = &current.token
+        {
             let session = current.session.with_phone(phone.clone());
-            if let Err(e) = self.store.insert(current.token, session).await {
-                tracing::warn!(error = %e, "cannot remember the phone number in the session");
+            if let Err(e) = self.store.insert(token, &session).await {
+                // The number is established for this request either way.
+                tracing::warn!(error = %e.chain(), "cannot remember the phone number in the session");
             }
         }
-        self.headers.insert_phone(&mut parts.headers, &phone);
+        parts.extensions.insert(EstablishedPhone(phone));
         let body = match self.forward_body {
             ForwardBody::Forward => bytes,
             ForwardBody::Strip => {
@@ -267,27 +251,26 @@ impl PhoneRoute {
                 strip_encrypted(&bytes)
             }
         };
-        inner.call(Request::from_parts(parts, body::full(body))).await
+        proxy.forward(Request::from_parts(parts, body::full(body))).await
     }
 
     /// The legacy flow: the session's key, then the user's previous keys.
     async fn decrypt(&self, session: &Session, data: &str, iv: &str) -> Result<PhoneNumber, Error> {
-        let format_error = |e: DecryptError| Error::InvalidRequest(format!("encryptedData/iv: {e}"));
+        let format_error = |e: DecryptError| Error::invalid(format!("encryptedData/iv: {e}"));
         let decrypted = match crypto::decrypt(session.session_key(), iv, data) {
             Ok(d) => d,
             Err(e) if e.is_client_format_error() => return Err(format_error(e)),
             Err(_) => {
-                let previous: Vec<SessionKey> = match self.store.recent_keys(session.openid()).await {
-                    Ok(keys) => keys
-                        .into_iter()
-                        .filter(|k| k != session.session_key())
-                        .take(2)
-                        .collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read previous session keys");
-                        Vec::new()
-                    }
-                };
+                // A store that cannot answer fails the request: answering
+                // decrypt_failed without the previous keys would be wrong.
+                let previous: Vec<SessionKey> = self
+                    .store
+                    .recent_keys(session.openid())
+                    .await?
+                    .into_iter()
+                    .filter(|k| k != session.session_key())
+                    .take(2)
+                    .collect();
                 let found = previous.iter().find_map(|k| crypto::decrypt(k, iv, data).ok());
                 match found {
                     Some(d) => {
@@ -309,9 +292,7 @@ impl PhoneRoute {
         if *watermark.appid != *self.appid {
             return Err(Error::WatermarkMismatch);
         }
-        if let Some(max_age) = self.max_age
-            && unix_now().saturating_sub(watermark.timestamp) > max_age
-        {
+        if unix_now().saturating_sub(watermark.timestamp) > self.max_age {
             return Err(Error::WatermarkExpired);
         }
         let Some(phone_number) = data.phone_number else {
@@ -334,26 +315,23 @@ impl PhoneRoute {
             Err(PhoneCallError::Failed(e)) => return Err(e),
             Err(PhoneCallError::TokenRejected { errcode }) => {
                 tracing::info!(errcode, "WeChat rejected the access token; refreshing once");
-                let fresh = self.tokens.refresh_after_rejection(&self.weixin, &token).await?;
+                let fresh = self
+                    .tokens
+                    .refresh_after_rejection(&self.weixin, &token, &*self.store)
+                    .await?;
                 match self.weixin.get_user_phone_number(&fresh, code, session.openid()).await {
                     Ok(info) => info,
                     Err(PhoneCallError::Failed(e)) => return Err(e),
                     Err(PhoneCallError::TokenRejected { errcode }) => {
-                        return Err(Error::Weixin(format!("errcode {errcode} again after a token refresh")));
+                        return Err(Error::Weixin(
+                            format!("errcode {errcode} again after a token refresh").into(),
+                        ));
                     }
                 }
             }
         };
         validate(info)
     }
-}
-
-fn unreachable_request() -> (&'static str, Result<PhoneNumber, Error>) {
-    // parse_request refuses a body with neither; keep an answer rather than a panic.
-    (
-        "none",
-        Err(Error::InvalidRequest("expected encryptedData and iv, or code".into())),
-    )
 }
 
 /// Checks WeChat's values before they become headers.

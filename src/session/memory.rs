@@ -16,14 +16,15 @@
 //!   program called `wx.login` during the phone callback) lasts minutes, so
 //!   the index holds recent logins only, not every session.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
+use tokio::time::Instant;
 
-use super::{Session, SessionStore, SessionToken};
+use super::{FORCE_REFRESH_EVERY, Issued, Login, Session, SessionStore, SessionToken};
 use crate::config::SessionConfig;
 use crate::error::Error;
 use crate::weixin::crypto::SessionKey;
@@ -35,6 +36,9 @@ pub struct MemoryStore {
     ttl_secs: u64,
     sessions: Cache<[u8; 16], Session>,
     keys: Cache<Box<str>, Arc<[SessionKey]>>,
+    /// Login codes' outcomes: a session, or WeChat's final refusal.
+    codes: Cache<Box<str>, Result<Issued, Error>>,
+    last_forced: Mutex<Option<Instant>>,
 }
 
 impl MemoryStore {
@@ -51,16 +55,22 @@ impl MemoryStore {
                 .eviction_policy(EvictionPolicy::lru())
                 .time_to_live(config.previous_key_ttl.get())
                 .build(),
+            codes: Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(config.code_ttl.get())
+                .build(),
+            last_forced: Mutex::new(None),
         }
     }
 }
 
 impl SessionStore for MemoryStore {
-    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>> {
+    fn get(&self, token: &SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>> {
+        let token = *token.as_bytes();
         async move {
-            match self.sessions.get(token.as_bytes()).await {
+            match self.sessions.get(&token).await {
                 Some(s) if super::unix_now().saturating_sub(s.created_at()) >= self.ttl_secs => {
-                    self.sessions.invalidate(token.as_bytes()).await;
+                    self.sessions.invalidate(&token).await;
                     Ok(None)
                 }
                 found => Ok(found),
@@ -69,10 +79,38 @@ impl SessionStore for MemoryStore {
         .boxed()
     }
 
-    fn insert(&self, token: SessionToken, session: Session) -> BoxFuture<'_, Result<(), Error>> {
+    fn insert(&self, token: &SessionToken, session: &Session) -> BoxFuture<'_, Result<(), Error>> {
+        let (token, session) = (*token.as_bytes(), session.clone());
         async move {
-            self.sessions.insert(*token.as_bytes(), session).await;
+            self.sessions.insert(token, session).await;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn revoke(&self, token: &SessionToken) -> BoxFuture<'_, Result<(), Error>> {
+        let token = *token.as_bytes();
+        async move {
+            self.sessions.invalidate(&token).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>> {
+        let openid = openid.to_owned();
+        async move {
+            // A scan: an operator's rare action, not a request's.
+            let doomed: Vec<Arc<[u8; 16]>> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.openid() == openid)
+                .map(|(k, _)| k)
+                .collect();
+            for token in &doomed {
+                self.sessions.invalidate(&**token).await;
+            }
+            Ok(doomed.len() as u64)
         }
         .boxed()
     }
@@ -98,11 +136,47 @@ impl SessionStore for MemoryStore {
         async move { Ok(self.keys.get(&openid).await.map(|k| k.to_vec()).unwrap_or_default()) }.boxed()
     }
 
-    fn count(&self) -> BoxFuture<'_, u64> {
+    fn login<'a>(
+        &'a self,
+        code: &'a str,
+        exchange: BoxFuture<'a, Result<Issued, Error>>,
+    ) -> BoxFuture<'a, Result<Login, Error>> {
+        async move {
+            // Concurrent callers share one exchange (moka runs one init per key).
+            let entry = self.codes.entry(code.into()).or_insert_with(exchange).await;
+            let fresh = entry.is_fresh();
+            match entry.into_value() {
+                Ok(issued) => Ok(Login { issued, fresh }),
+                Err(e) => {
+                    if !e.is_final() {
+                        // Busy, unreachable...: the next try must call WeChat again.
+                        self.codes.invalidate(code).await;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>> {
+        async move {
+            let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < FORCE_REFRESH_EVERY) {
+                return Ok(false);
+            }
+            *last = Some(now);
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn count(&self) -> BoxFuture<'_, Option<u64>> {
         async move {
             // moka counts lazily: settle pending inserts and expiries first.
             self.sessions.run_pending_tasks().await;
-            self.sessions.entry_count()
+            Some(self.sessions.entry_count())
         }
         .boxed()
     }
@@ -122,11 +196,11 @@ mod tests {
         let store = MemoryStore::new(&SessionConfig::default());
         let t = SessionToken::generate();
         store
-            .insert(t, session("o1", SessionKey::random(), super::super::unix_now()))
+            .insert(&t, &session("o1", SessionKey::random(), super::super::unix_now()))
             .await
             .unwrap();
-        assert_eq!(store.get(t).await.unwrap().unwrap().openid(), "o1");
-        assert!(store.get(SessionToken::generate()).await.unwrap().is_none());
+        assert_eq!(store.get(&t).await.unwrap().unwrap().openid(), "o1");
+        assert!(store.get(&SessionToken::generate()).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -140,27 +214,27 @@ mod tests {
         let old: Vec<SessionToken> = (0..50).map(|_| SessionToken::generate()).collect();
         for t in &old {
             store
-                .insert(*t, session("old", SessionKey::random(), now))
+                .insert(t, &session("old", SessionKey::random(), now))
                 .await
                 .unwrap();
         }
         // The old users are busy: each session is read many times.
         for _ in 0..20 {
             for t in &old {
-                store.get(*t).await.unwrap();
+                store.get(t).await.unwrap();
             }
         }
         // New users log in while the store is full: each must keep its session.
         for i in 0..10 {
             let t = SessionToken::generate();
             store
-                .insert(t, session("new", SessionKey::random(), now))
+                .insert(&t, &session("new", SessionKey::random(), now))
                 .await
                 .unwrap();
             store.sessions.run_pending_tasks().await;
-            assert!(store.get(t).await.unwrap().is_some(), "new login {i} was refused");
+            assert!(store.get(&t).await.unwrap().is_some(), "new login {i} was refused");
         }
-        assert!(store.count().await <= 50);
+        assert!(store.count().await.unwrap() <= 50);
     }
 
     #[tokio::test]
@@ -173,10 +247,13 @@ mod tests {
         let t = SessionToken::generate();
         // Created more than a ttl ago: already expired when stored.
         store
-            .insert(t, session("o1", SessionKey::random(), super::super::unix_now() - 7200))
+            .insert(
+                &t,
+                &session("o1", SessionKey::random(), super::super::unix_now() - 7200),
+            )
             .await
             .unwrap();
-        assert!(store.get(t).await.unwrap().is_none());
+        assert!(store.get(&t).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -179,14 +179,43 @@ impl fmt::Debug for Session {
     }
 }
 
-/// Where sessions live. Every method may fail (a shared store is a network
-/// away); the embedded store never does.
+/// A login code's outcome: the session it opened, under its token.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub token: SessionToken,
+    pub session: Session,
+}
+
+/// What [`SessionStore::login`] hands back: the code's session, and whether
+/// this call was the one that exchanged the code (`false`: a retry, served
+/// from the code cache).
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub issued: Issued,
+    pub fresh: bool,
+}
+
+/// Everything wxgate shares between requests, workers and (with a shared
+/// store) replicas: sessions, the login-code cache, each user's recent
+/// session keys, and who may force an access-token refresh.
+///
+/// Every method may fail with [`Error::StoreUnavailable`] (a shared store is
+/// a network away); the embedded store never does. A failure is never
+/// turned into "no session": a user who is logged in is never silently made
+/// anonymous.
 pub trait SessionStore: Send + Sync + 'static {
     /// The live session named by `token`, if any.
-    fn get(&self, token: SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>>;
+    fn get(&self, token: &SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>>;
 
-    /// Stores a new session, or replaces one keeping its original expiry.
-    fn insert(&self, token: SessionToken, session: Session) -> BoxFuture<'_, Result<(), Error>>;
+    /// Stores a new session, or replaces one keeping its expiry (which is
+    /// always `created_at + session.ttl`).
+    fn insert(&self, token: &SessionToken, session: &Session) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Ends the session named by `token`, everywhere.
+    fn revoke(&self, token: &SessionToken) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Ends every session of `openid`; returns how many there were.
+    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>>;
 
     /// Records a login's session key as `openid`'s newest. Keeps the user's
     /// two previous keys, for `session.previous_key_ttl`.
@@ -196,9 +225,28 @@ pub trait SessionStore: Send + Sync + 'static {
     /// current one and the two before it).
     fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>>;
 
-    /// Live sessions, for the metrics (may first settle pending evictions).
-    fn count(&self) -> BoxFuture<'_, u64>;
+    /// The outcome of the login code `code`: `exchange`'s, run once for
+    /// all concurrent and later callers within `session.code_ttl`. A final
+    /// failure (WeChat refused the code) is remembered like a success, so a
+    /// repeated bad code costs no WeChat call; any other failure is not, so
+    /// a retry may pass.
+    fn login<'a>(
+        &'a self,
+        code: &'a str,
+        exchange: BoxFuture<'a, Result<Issued, Error>>,
+    ) -> BoxFuture<'a, Result<Login, Error>>;
+
+    /// Whether this caller may force an access-token refresh now: at most
+    /// one every [`FORCE_REFRESH_EVERY`], over every worker (and replica).
+    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>>;
+
+    /// Live sessions, for the metrics (may first settle pending evictions);
+    /// `None` when the store cannot tell cheaply.
+    fn count(&self) -> BoxFuture<'_, Option<u64>>;
 }
+
+/// WeChat allows a forced access-token refresh about 20 times a day, 30 s apart.
+pub const FORCE_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Unix time in seconds.
 pub fn unix_now() -> u64 {

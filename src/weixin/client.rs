@@ -77,42 +77,31 @@ pub enum PhoneCallError {
 }
 
 impl WeixinClient {
-    pub fn new(config: &WeixinConfig) -> Self {
+    /// One per worker. Fails only if rustls cannot be set up.
+    pub fn new(config: &WeixinConfig) -> Result<Self, rustls::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeout.get()));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                let roots = rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                b.with_root_certificates(roots).with_no_client_auth()
-            });
-        let connector = match tls {
-            Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http),
-            // ring's defaults always build; keep a working (plain) connector anyway.
-            Err(e) => {
-                tracing::error!(error = %e, "TLS set-up failed; https to WeChat will not work");
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(HttpConnector::new())
-            }
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(config.max_connections)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self {
+        Ok(Self {
             http,
             inner: Arc::new(Inner {
                 permits: tokio::sync::Semaphore::new(config.max_connections.max(1)),
@@ -121,7 +110,7 @@ impl WeixinClient {
                 secret: config.secret.clone(),
                 timeout: config.timeout.get(),
             }),
-        }
+        })
     }
 
     /// Exchanges a `wx.login` code. A busy answer (-1) is retried once with
@@ -182,7 +171,7 @@ impl WeixinClient {
             code => return Err(errcode_error(code, &answer)),
         }
         let token = string_field(&answer, "access_token")
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|t| crate::headers::visible_ascii(t, 512))
             .ok_or_else(|| Error::Weixin("stable_token answered without an access_token".into()))?;
         let expires_in = answer.get("expires_in").and_then(number_or_string).unwrap_or(7200);
         Ok(AccessToken {
@@ -219,7 +208,9 @@ impl WeixinClient {
         })?;
         let field = |name: &str| {
             info.get(name).and_then(number_or_string_text).ok_or_else(|| {
-                PhoneCallError::Failed(Error::Weixin(format!("getuserphonenumber answered without {name}")))
+                PhoneCallError::Failed(Error::Weixin(
+                    format!("getuserphonenumber answered without {name}").into(),
+                ))
             })
         };
         Ok(PhoneInfo {
@@ -238,12 +229,17 @@ impl WeixinClient {
                 .permits
                 .acquire()
                 .await
-                .map_err(|_| ("closed", Error::WeixinUnavailable))?;
+                .map_err(|_| ("closed", Error::WeixinUnavailable(None)))?;
             let res = self.http.request(req).await.map_err(|e| {
                 if e.is_connect() {
-                    ("unreachable", Error::WeixinUnavailable)
+                    ("unreachable", Error::WeixinUnavailable(Some(Arc::new(e))))
                 } else {
-                    ("io_error", Error::Weixin("the connection to WeChat failed".into()))
+                    (
+                        "io_error",
+                        Error::Weixin(
+                            format!("the connection to WeChat failed: {}", crate::error::chain_of(&e)).into(),
+                        ),
+                    )
                 }
             })?;
             let status = res.status();
@@ -255,7 +251,7 @@ impl WeixinClient {
             if !status.is_success() {
                 return Err((
                     "http_error",
-                    Error::Weixin(format!("WeChat answered HTTP {}", status.as_u16())),
+                    Error::Weixin(format!("WeChat answered HTTP {}", status.as_u16()).into()),
                 ));
             }
             match serde_json::from_slice::<Value>(&body) {
@@ -276,10 +272,8 @@ impl WeixinClient {
                 }
                 metrics::weixin_call(api, &outcome, elapsed);
             }
-            Err((outcome, e)) => {
-                tracing::warn!(api, outcome, error = %e, "WeChat call failed");
-                metrics::weixin_call(api, outcome, elapsed);
-            }
+            // Logged once, where the error becomes the client's answer.
+            Err((outcome, _)) => metrics::weixin_call(api, outcome, elapsed),
         }
         result.map_err(|(_, e)| e)
     }
@@ -291,7 +285,7 @@ fn request(method: Method, uri: &str, json: Option<String>) -> Result<Request<Fu
         b = b.header(header::CONTENT_TYPE, "application/json");
     }
     b.body(Full::new(json.map(Bytes::from).unwrap_or_default()))
-        .map_err(|e| Error::Internal(format!("cannot build the WeChat request: {e}")))
+        .map_err(|e| Error::Internal(format!("cannot build the WeChat request: {e}").into()))
 }
 
 /// The answer's errcode; a missing one means success.
@@ -314,9 +308,10 @@ pub fn errcode_error(code: i64, answer: &Value) -> Error {
         40013 | 40125 => Error::WeixinConfig { errcode: code },
         i64::MIN => Error::Weixin("WeChat answered a malformed errcode".into()),
         _ => {
-            let errmsg = answer.get("errmsg").and_then(Value::as_str).unwrap_or("");
-            tracing::warn!(errcode = code, errmsg, "unexpected WeChat errcode");
-            Error::Weixin(format!("errcode {code}"))
+            // WeChat's errmsg was logged at debug with the call: it is not
+            // for the client.
+            let _ = answer;
+            Error::Weixin(format!("errcode {code}").into())
         }
     }
 }
@@ -343,7 +338,7 @@ fn number_or_string_text(v: &Value) -> Option<String> {
 
 /// openids and unionids become header values: visible ASCII, bounded.
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+    crate::headers::visible_ascii(s, 128)
 }
 
 #[cfg(test)]

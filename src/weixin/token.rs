@@ -6,10 +6,15 @@
 //!   fetch (all workers share one provider).
 //! - Refreshed ahead of expiry: inside the margin, the first request to see
 //!   it refreshes while the others keep using the still-valid token.
-//! - After WeChat rejected a token (40001/40014/42001), [`AccessTokenProvider::refresh_after_rejection`]
-//!   forces a new one only if the rejected token is still the cached one; if
-//!   another request already replaced it, the replacement is returned. A
-//!   force refresh is limited at WeChat (about 20 a day, 30 s apart).
+//! - After WeChat rejected a token (40001/40014/42001),
+//!   [`AccessTokenProvider::refresh_after_rejection`] returns the cached
+//!   token if another request already replaced the rejected one; otherwise
+//!   it first asks for the stable token *without* forcing (another replica
+//!   may have refreshed it already), and forces a new one only when WeChat
+//!   hands back the very token it rejected, and at most once per 30 s over
+//!   every worker and replica ([`SessionStore::claim_force_refresh`]). A
+//!   forced refresh is limited at WeChat (about 20 a day, 30 s apart) and
+//!   invalidates the old token for every replica that holds it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::metrics;
+use crate::session::SessionStore;
 use crate::weixin::client::{AccessToken, WeixinClient};
 
 /// Where tokens come from: WeChat's stable_token in production, a stub in tests.
@@ -102,13 +108,30 @@ impl AccessTokenProvider {
     }
 
     /// WeChat rejected `rejected`: returns a token to retry with.
-    pub async fn refresh_after_rejection(&self, client: &impl TokenSource, rejected: &str) -> Result<Arc<str>, Error> {
+    pub async fn refresh_after_rejection(
+        &self,
+        client: &impl TokenSource,
+        rejected: &str,
+        store: &dyn SessionStore,
+    ) -> Result<Arc<str>, Error> {
         let _guard = self.fetch.lock().await;
-        match self.current() {
-            Some(c) if &*c.token != rejected && Instant::now() < c.expires_at => Ok(c.token),
-            Some(c) if &*c.token == rejected => self.fetch_and_store(client, true, "rejected").await,
-            _ => self.fetch_and_store(client, false, "initial").await,
+        if let Some(c) = self.current()
+            && &*c.token != rejected
+            && Instant::now() < c.expires_at
+        {
+            return Ok(c.token);
         }
+        let stable = self.fetch_and_store(client, false, "rejected").await?;
+        if &*stable != rejected {
+            return Ok(stable);
+        }
+        if !store.claim_force_refresh().await? {
+            return Err(Error::Weixin(
+                "WeChat rejected its current access token, and a forced refresh was made less than 30 s ago".into(),
+            ));
+        }
+        tracing::info!("WeChat hands back the access token it rejected; forcing a refresh");
+        self.fetch_and_store(client, true, "forced").await
     }
 
     async fn fetch_and_store(
@@ -191,18 +214,64 @@ mod tests {
         assert_eq!(&*p.get(&s).await.unwrap(), "t3");
     }
 
+    /// Hands out `t1` until told to force, as WeChat's stable token does.
+    #[derive(Default)]
+    struct StableStub {
+        fetches: AtomicU64,
+        forced: AtomicU64,
+    }
+
+    impl TokenSource for StableStub {
+        fn fetch(&self, force: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let generation = if force {
+                self.forced.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                self.forced.load(Ordering::SeqCst)
+            };
+            async move {
+                Ok(AccessToken {
+                    token: format!("t{}", generation + 1).into(),
+                    expires_in: 7200,
+                })
+            }
+        }
+    }
+
+    fn store() -> crate::session::memory::MemoryStore {
+        crate::session::memory::MemoryStore::new(&crate::config::SessionConfig::default())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_rejection_forces_one_refresh_only_for_the_cached_token() {
-        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+    async fn a_rejection_first_asks_without_forcing() {
+        let (p, s, store) = (AccessTokenProvider::new(), stub(7200), store());
         let t1 = p.get(&s).await.unwrap();
-        // Many requests saw t1 rejected at once: one forced refresh.
-        let all = futures_util::future::join_all((0..10).map(|_| p.refresh_after_rejection(&s, &t1))).await;
+        // The stub hands a new token on every fetch: another replica had
+        // refreshed already, so no force is needed.
+        let all = futures_util::future::join_all((0..9).map(|_| p.refresh_after_rejection(&s, &t1, &store))).await;
         assert!(all.iter().all(|t| t.as_ref().is_ok_and(|t| &**t == "t2")));
-        assert_eq!(s.forced.load(Ordering::SeqCst), 1);
-        // A stale rejection of t1 does not force again.
-        assert_eq!(&*p.refresh_after_rejection(&s, &t1).await.unwrap(), "t2");
-        assert_eq!(s.forced.load(Ordering::SeqCst), 1);
+        assert_eq!(s.forced.load(Ordering::SeqCst), 0, "nine rejections, no force");
         assert_eq!(s.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_force_only_when_wechat_hands_back_the_rejected_token_and_once_per_30_s() {
+        let (p, s, store) = (AccessTokenProvider::new(), StableStub::default(), store());
+        let t1 = p.get(&s).await.unwrap();
+        assert_eq!(&*t1, "t1");
+        let all = futures_util::future::join_all((0..9).map(|_| p.refresh_after_rejection(&s, &t1, &store))).await;
+        assert!(all.iter().all(|t| t.as_ref().is_ok_and(|t| &**t == "t2")));
+        assert_eq!(s.forced.load(Ordering::SeqCst), 1, "one force for nine rejections");
+        // t2 rejected within 30 s: the stable token is t2 again, and no second force.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(
+            p.refresh_after_rejection(&s, "t2", &store).await,
+            Err(Error::Weixin(_))
+        ));
+        assert_eq!(s.forced.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert_eq!(&*p.refresh_after_rejection(&s, "t2", &store).await.unwrap(), "t3");
+        assert_eq!(s.forced.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

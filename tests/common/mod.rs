@@ -359,6 +359,8 @@ pub fn base_config(upstream: SocketAddr, fake: SocketAddr) -> Config {
     c.weixin.api_base = format!("http://{fake}");
     c.weixin.timeout = wxgate::config::HumanDuration(Duration::from_secs(2));
     c.server.workers = 2;
+    // Tests stop wxgate often; the delay has tests of its own.
+    c.server.shutdown_delay = wxgate::config::HumanDuration(Duration::ZERO);
     c
 }
 

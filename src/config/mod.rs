@@ -1,0 +1,531 @@
+//! Configuration: the TOML file, `WXGATE_<SECTION>__<KEY>` environment
+//! overrides, defaults, and validation.
+//!
+//! Loading happens in three steps so that every error can name its key
+//! ([`load`]):
+//!
+//! 1. the file is parsed into a plain TOML table (syntax errors carry a line);
+//! 2. environment overrides are written into that table, typed after the
+//!    key's default (an integer key takes an integer, a list key a
+//!    comma-separated list, everything else a string), so
+//!    `WXGATE_WEIXIN__SECRET=123456` stays a string; a `WXGATE_` variable that
+//!    names no key is an error that suggests the nearest one;
+//! 3. the table is deserialised key by key (`deny_unknown_fields`), collecting
+//!    every bad key instead of stopping at the first, then
+//!    [`Config::validate`] checks what types cannot (URLs, paths, header
+//!    names, ranges, clashes).
+//!
+//! The shipped `config.toml` documents every key; keep it in step with the
+//! doc comments here (a unit test checks that it names every key).
+
+mod load;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+pub use load::ConfigError;
+pub use validate::parse_cidr;
+
+/// Everything wxgate can be told. Each section has its own struct.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub weixin: WeixinConfig,
+    pub session: SessionConfig,
+    pub login: LoginConfig,
+    pub phone: PhoneConfig,
+    pub logout: LogoutConfig,
+    pub limits: LimitsConfig,
+    pub access: AccessConfig,
+    pub headers: HeadersConfig,
+}
+
+/// `[server]`: the listeners, the client side's limits and timeouts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public address the mini program's requests arrive on.
+    pub listen: SocketAddr,
+    /// Admin address (/healthz, /readyz, /metrics). Keep it off the public network.
+    pub admin_listen: SocketAddr,
+    /// Largest body wxgate reads itself (login and phone routes). Pass-through
+    /// bodies are streamed and never limited by wxgate.
+    pub max_body_bytes: u64,
+    /// After SIGTERM, how long wxgate keeps accepting and serving while
+    /// `/readyz` already answers 503, so that load balancers stop sending
+    /// before the listener closes (Envoy's drain time). SIGINT skips it.
+    #[serde(with = "duration_str")]
+    pub shutdown_delay: HumanDuration,
+    /// How long in-flight requests may run once the listener has closed.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: HumanDuration,
+    /// Worker threads, each with its own runtime, listener (SO_REUSEPORT) and
+    /// upstream pool. 0 means one per CPU core.
+    pub workers: usize,
+    /// Most client connections open at once, over all workers (nginx's
+    /// `worker_connections`). At the limit, idle keep-alive connections are
+    /// closed to make room; when none is idle, a new connection is closed at
+    /// once.
+    pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 client connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Most header fields in a request head (431 beyond).
+    pub max_request_headers: usize,
+    /// Largest request head in bytes: request line and header fields (431
+    /// beyond). At least 8192.
+    pub max_request_header_bytes: usize,
+    /// How long a client may take to send a request's headers (slowloris
+    /// guard), and how long a keep-alive connection may stay idle.
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: HumanDuration,
+    /// How long a client may go without sending any of a request body it
+    /// has started (408 after).
+    #[serde(with = "duration_str")]
+    pub body_read_timeout: HumanDuration,
+    /// How long a client may go without reading any of a response wxgate is
+    /// sending it (nginx's `send_timeout`); the connection is closed after.
+    #[serde(with = "duration_str")]
+    pub send_timeout: HumanDuration,
+    /// Load balancers in front of wxgate (CIDR ranges like "10.0.0.0/8", or
+    /// single addresses) whose `X-Forwarded-For`, `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` are kept. Anybody else's are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `[upstream]`: the backend behind wxgate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the backend, e.g. "http://127.0.0.1:3000". http only: the
+    /// backend is a neighbour on the same host or pod.
+    pub url: String,
+    /// Time allowed to open a TCP connection to the backend (502 after).
+    #[serde(with = "duration_str")]
+    pub connect_timeout: HumanDuration,
+    /// Time allowed for the backend to answer with its response head once the
+    /// request body has been sent (504 after): uploads are not timed. Bodies
+    /// then stream for as long as they take.
+    #[serde(with = "duration_str")]
+    pub timeout: HumanDuration,
+    /// How long an idle pooled connection to the backend is kept. Below the
+    /// idle timeouts of common backends (gunicorn 2 s, Node and uvicorn 5 s),
+    /// so wxgate closes first; a backend's `Keep-Alive: timeout=N` shortens it.
+    #[serde(with = "duration_str")]
+    pub pool_idle_timeout: HumanDuration,
+    /// Idle pooled connections kept per worker.
+    pub pool_max_idle: usize,
+    /// Most connections to the backend per worker, WebSocket tunnels
+    /// included. Further requests wait for one up to `queue_timeout`.
+    pub max_connections: usize,
+    /// How long a request waits for a backend connection when
+    /// `max_connections` are busy (503 upstream_busy after).
+    #[serde(with = "duration_str")]
+    pub queue_timeout: HumanDuration,
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    #[serde(with = "duration_str")]
+    pub websocket_idle_timeout: HumanDuration,
+    /// Most header fields in a response head from the backend (502 beyond).
+    pub max_response_headers: usize,
+    /// Largest response head from the backend in bytes (502 beyond). At least 8192.
+    pub max_response_header_bytes: usize,
+    /// An HTTP/1.0 backend cannot read a chunked body: a request body
+    /// without Content-Length going to one is buffered up to this many bytes
+    /// and sent with a Content-Length (411 beyond).
+    pub max_buffered_body_bytes: u64,
+}
+
+/// `[weixin]`: the mini program's credentials and WeChat's API.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WeixinConfig {
+    /// The mini program's AppID ("wx" followed by 16 hex digits).
+    pub appid: String,
+    /// The AppSecret. Prefer WXGATE_WEIXIN__SECRET to writing it in a file.
+    pub secret: Secret,
+    /// WeChat's API base URL; point it at `wxgate fake-weixin` in tests.
+    pub api_base: String,
+    /// Time allowed for one call to WeChat.
+    #[serde(with = "duration_str")]
+    pub timeout: HumanDuration,
+    /// Most simultaneous calls (so connections) to WeChat per worker; more
+    /// wait their turn. Keeps a login storm from opening a connection per user.
+    pub max_connections: usize,
+}
+
+/// `[session]`: the sessions wxgate keeps after a login.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Header carrying the session token between the mini program and wxgate.
+    /// Never forwarded to the backend, and removed from the backend's answers.
+    pub header: String,
+    /// Lifetime of a session from its login.
+    #[serde(with = "duration_str")]
+    pub ttl: HumanDuration,
+    /// Most sessions kept; the least used go first beyond it.
+    pub max_entries: u64,
+    /// How long a login code's outcome is remembered, so a retried login gets
+    /// the same session instead of WeChat's "code been used". Kept short: a
+    /// remembered code opens its session to whoever sends it again.
+    #[serde(with = "duration_str")]
+    pub code_ttl: HumanDuration,
+    /// How long a user's previous session keys are kept after a new login, so
+    /// data encrypted just before the key changed still decrypts.
+    #[serde(with = "duration_str")]
+    pub previous_key_ttl: HumanDuration,
+}
+
+/// How the login and logout routes answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginMode {
+    /// Forward the request to the backend with identity headers; add the
+    /// session header to its response.
+    Forward,
+    /// Answer the client directly; the backend is not called.
+    Respond,
+}
+
+/// `[login]`: the route that receives the `wx.login` code.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginConfig {
+    pub path: String,
+    pub mode: LoginMode,
+}
+
+/// What happens to the phone route's body when it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardBody {
+    /// The original body, unchanged.
+    Forward,
+    /// The body without `encryptedData`, `iv`, `code` and `cloudID`.
+    Strip,
+}
+
+/// `[phone]`: the route that receives the getPhoneNumber callback data.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhoneConfig {
+    pub path: String,
+    /// Oldest accepted watermark in decrypted data.
+    #[serde(with = "duration_str")]
+    pub max_age: HumanDuration,
+    /// Attach the phone headers to the session's later requests too.
+    pub remember: bool,
+    /// "forward" the original body or "strip" the encrypted fields.
+    pub forward_body: ForwardBody,
+}
+
+/// `[logout]`: the route that ends a session everywhere.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogoutConfig {
+    /// POST with the session header; answered like the login route
+    /// (`login.mode`): forwarded with the identity headers, or 204.
+    pub path: String,
+}
+
+/// `[limits]`: request rates per client, requests per minute; 0 is off.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Login requests per minute per client address (each may cost a WeChat
+    /// call). Carrier-grade NAT puts many users behind one address.
+    pub login_per_address: u32,
+    /// Phone requests per minute per session (the code flow is billed).
+    pub phone_per_session: u32,
+}
+
+/// `[access]`: paths wxgate itself refuses to anonymous callers. Path
+/// prefixes, matched on the normalised path (the same normalisation as the
+/// routes: case, `%`-escapes, `;` parameters, dot segments, repeated and
+/// trailing slashes): `/api/orders` covers `/api/orders` and what is under
+/// it, `/api/user/` only what is under it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Without a live session: 401 `session_required`, the backend is not called.
+    pub require_session: Vec<String>,
+    /// Also needs a phone number remembered on the session (`phone.remember`):
+    /// 403 `phone_required` without.
+    pub require_phone: Vec<String>,
+}
+
+/// `[headers]`: the headers wxgate sends to the backend, and the client
+/// headers it never lets through.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadersConfig {
+    pub openid: String,
+    pub unionid: String,
+    pub appid: String,
+    pub phone_number: String,
+    pub pure_phone_number: String,
+    pub country_code: String,
+    /// Client headers whose name starts with one of these are removed
+    /// (names compared on their letters and digits only, case-folded).
+    pub strip_prefixes: Vec<String>,
+    /// More client headers removed, compared the same way.
+    pub strip_names: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9901).into(),
+            max_body_bytes: 64 * 1024,
+            shutdown_delay: HumanDuration::secs(5),
+            shutdown_grace: HumanDuration::secs(30),
+            workers: 0,
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 128,
+            max_request_headers: 200,
+            max_request_header_bytes: 32 * 1024,
+            header_read_timeout: HumanDuration::secs(30),
+            body_read_timeout: HumanDuration::secs(60),
+            send_timeout: HumanDuration::secs(60),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            connect_timeout: HumanDuration::secs(2),
+            timeout: HumanDuration::secs(60),
+            pool_idle_timeout: HumanDuration::secs(1),
+            pool_max_idle: 256,
+            max_connections: 512,
+            queue_timeout: HumanDuration::secs(5),
+            websocket_idle_timeout: HumanDuration::secs(600),
+            max_response_headers: 200,
+            max_response_header_bytes: 32 * 1024,
+            max_buffered_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for WeixinConfig {
+    fn default() -> Self {
+        Self {
+            appid: String::new(),
+            secret: Secret::default(),
+            api_base: "https://api.weixin.qq.com".into(),
+            timeout: HumanDuration::secs(5),
+            max_connections: 32,
+        }
+    }
+}
+
+impl fmt::Debug for WeixinConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeixinConfig")
+            .field("appid", &self.appid)
+            .field("secret", &self.secret)
+            .field("api_base", &self.api_base)
+            .field("timeout", &self.timeout)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-wx-session".into(),
+            ttl: HumanDuration::secs(24 * 3600),
+            max_entries: 1_000_000,
+            code_ttl: HumanDuration::secs(60),
+            previous_key_ttl: HumanDuration::secs(10 * 60),
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            path: "/api/login".into(),
+            mode: LoginMode::Forward,
+        }
+    }
+}
+
+impl Default for PhoneConfig {
+    fn default() -> Self {
+        Self {
+            path: "/api/phone".into(),
+            max_age: HumanDuration::secs(10 * 60),
+            remember: false,
+            forward_body: ForwardBody::Forward,
+        }
+    }
+}
+
+impl Default for LogoutConfig {
+    fn default() -> Self {
+        Self {
+            path: "/api/logout".into(),
+        }
+    }
+}
+
+/// WeChat Cloud Hosting's own headers: backends written for it trust them,
+/// so no client may send them (`weixin-api.md`, section 7). Those starting
+/// with `x-wx-` are covered by the prefix too; listed for when the prefix
+/// list is changed.
+pub const CLOUD_HOSTING_HEADERS: [&str; 8] = [
+    "x-wx-from-openid",
+    "x-wx-from-appid",
+    "x-wx-from-unionid",
+    "x-wx-source",
+    "x-wx-env",
+    "x-wx-cloudbase-access-token",
+    "x-wx-from-cloudbase-access-token",
+    "x-original-forwarded-for",
+];
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            openid: "x-wx-openid".into(),
+            unionid: "x-wx-unionid".into(),
+            appid: "x-wx-appid".into(),
+            phone_number: "x-wx-phone-number".into(),
+            pure_phone_number: "x-wx-pure-phone-number".into(),
+            country_code: "x-wx-country-code".into(),
+            strip_prefixes: vec!["x-wx-".into()],
+            strip_names: CLOUD_HOSTING_HEADERS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+impl HeadersConfig {
+    /// Every injected header, with its config key.
+    pub fn injected(&self) -> [(&'static str, &str); 6] {
+        [
+            ("headers.openid", &self.openid),
+            ("headers.unionid", &self.unionid),
+            ("headers.appid", &self.appid),
+            ("headers.phone_number", &self.phone_number),
+            ("headers.pure_phone_number", &self.pure_phone_number),
+            ("headers.country_code", &self.country_code),
+        ]
+    }
+}
+
+/// A secret string: its `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that must send it (WeChat).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A duration written as "30s", "2h", "1h 30m" (humantime's grammar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+mod duration_str {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &HumanDuration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(d.0).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+        let text = String::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a duration like \"30s\", \"5m\" or \"2h\""))?;
+        humantime::parse_duration(text.trim()).map(HumanDuration).map_err(|_| {
+            de::Error::custom(format!(
+                "{text:?} is not a duration: write e.g. \"500ms\", \"30s\", \"5m\" or \"2h\""
+            ))
+        })
+    }
+}
+
+impl Config {
+    /// Number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The configuration as TOML, every secret replaced by "[redacted]"
+    /// (`wxgate config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut table = toml::Table::try_from(self).unwrap_or_default();
+        for (section, key) in load::SECRET_KEYS {
+            if let Some(toml::Value::Table(t)) = table.get_mut(*section)
+                && let Some(toml::Value::String(v)) = t.get_mut(*key)
+                && !v.is_empty()
+            {
+                *v = "[redacted]".into();
+            }
+        }
+        toml::to_string_pretty(&table).unwrap_or_default()
+    }
+}
+
+/// Parses a base URL: scheme in `schemes`, a host, and no query.
+pub fn parse_base_url(url: &str, schemes: &[&str]) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL like \"http://127.0.0.1:3000\""))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "{url:?} must start with {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not carry a query"));
+    }
+    Ok(uri)
+}

@@ -1,0 +1,164 @@
+//! How wxgate compares header names a client chose, and the values it
+//! checks before they become headers.
+//!
+//! Backends do not agree on what a header name is. CGI-style gateways
+//! (lighttpd's CGI, FastCGI and SCGI, many PHP, Perl and Python stacks) turn
+//! every character that is not a letter or digit into `_` and upper-case the
+//! rest, so `x.wx.openid`, `x+wx+openid`, `X_WX_OPENID` and `x-wx-openid` all
+//! arrive as `HTTP_X_WX_OPENID`. So wherever a client's header name is
+//! matched against one wxgate owns, both are [`fold`]ed first: ASCII letters
+//! and digits only, lower case (`xwxopenid`). Anything that folds to a
+//! forbidden name or starts with a forbidden prefix is the same header.
+
+use http::{HeaderMap, HeaderName};
+
+/// Longest folded name or prefix wxgate matches against (config validation
+/// refuses longer ones): names compare on a fixed buffer, without allocating.
+pub const MAX_FOLDED: usize = 64;
+
+/// `name` folded for comparison: its ASCII letters and digits, lower case.
+pub fn fold(name: &str) -> String {
+    name.bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
+}
+
+/// Whether `s` is 1 to `max` visible ASCII characters (no space, no control
+/// character): what an id, a code or a token must be before wxgate uses it.
+pub fn visible_ascii(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Header names no client may send: folded names and folded prefixes.
+#[derive(Debug, Clone)]
+pub struct Forbidden {
+    prefixes: Vec<Box<[u8]>>,
+    names: Vec<Box<[u8]>>,
+    /// The first folded character of every prefix and name: most header
+    /// names (`host`, `accept`, `content-type`...) are told apart by it alone.
+    first: [bool; 256],
+}
+
+impl Forbidden {
+    /// From unfolded names and prefixes (as configured). Empty folded forms
+    /// are ignored (validation refuses them).
+    pub fn new<'a>(prefixes: impl IntoIterator<Item = &'a str>, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let folded = |s: &str| -> Option<Box<[u8]>> {
+            let f = fold(s);
+            (!f.is_empty() && f.len() <= MAX_FOLDED).then(|| f.into_bytes().into())
+        };
+        let prefixes: Vec<Box<[u8]>> = prefixes.into_iter().filter_map(folded).collect();
+        let mut names: Vec<Box<[u8]>> = names.into_iter().filter_map(folded).collect();
+        names.sort();
+        names.dedup();
+        let mut first = [false; 256];
+        for f in prefixes.iter().chain(&names) {
+            first[usize::from(f[0])] = true;
+        }
+        Self { prefixes, names, first }
+    }
+
+    /// Whether a client header called `name` must not reach the backend.
+    pub fn matches(&self, name: &str) -> bool {
+        let mut buf = [0u8; MAX_FOLDED];
+        let mut len = 0;
+        let mut overflow = false;
+        for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+            let b = b.to_ascii_lowercase();
+            if len == 0 && !self.first[usize::from(b)] {
+                return false;
+            }
+            if len == MAX_FOLDED {
+                overflow = true;
+                break;
+            }
+            buf[len] = b;
+            len += 1;
+        }
+        let folded = &buf[..len];
+        self.prefixes.iter().any(|p| folded.starts_with(p)) || (!overflow && self.names.iter().any(|n| **n == *folded))
+    }
+
+    /// Removes every forbidden header; returns the names removed.
+    pub fn strip(&self, headers: &mut HeaderMap) -> Vec<HeaderName> {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.matches(n.as_str())).cloned().collect();
+        for name in &doomed {
+            headers.remove(name);
+        }
+        doomed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forbidden() -> Forbidden {
+        Forbidden::new(["x-wx-"], ["x-original-forwarded-for", "x-user-openid"])
+    }
+
+    #[test]
+    fn look_alikes_fold_to_the_same_name() {
+        let f = forbidden();
+        for name in [
+            "x-wx-openid",
+            "X-WX-OPENID",
+            "x_wx_openid",
+            "x.wx.openid",
+            "x+wx+openid",
+            "x~wx~phone~number",
+            "xwxanything",
+            "x-wx-from-openid",
+            "x-wx-cloudbase-access-token",
+            "x-original-forwarded-for",
+            "X_Original.Forwarded~For",
+            "x-user-openid",
+            "x__user__openid",
+            // The prefix is folded too: anything whose letters start "xwx".
+            "x-w-x-anything",
+        ] {
+            assert!(f.matches(name), "{name}");
+        }
+        for name in [
+            "host",
+            "x-request-id",
+            "x-user-openidx",
+            "x-w",
+            "authorization",
+            "user-agent",
+            "",
+        ] {
+            assert!(!f.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn long_names_still_match_prefixes_but_never_names() {
+        let f = forbidden();
+        assert!(f.matches(&format!("x-wx-{}", "a".repeat(200))));
+        assert!(!f.matches(&format!("x-user-openid{}", "a".repeat(200))));
+    }
+
+    #[test]
+    fn strip_removes_every_copy() {
+        let mut h = HeaderMap::new();
+        h.append("x-wx-openid", "a".parse().unwrap());
+        h.append("x-wx-openid", "b".parse().unwrap());
+        h.insert("x.wx.openid", "c".parse().unwrap());
+        h.insert("accept", "d".parse().unwrap());
+        let removed = forbidden().strip(&mut h);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn folding_and_visible_ascii() {
+        assert_eq!(fold("X_WX.Open~ID"), "xwxopenid");
+        assert!(visible_ascii("abc", 3));
+        assert!(!visible_ascii("abcd", 3));
+        assert!(!visible_ascii("a b", 10));
+        assert!(!visible_ascii("", 10));
+        assert!(!visible_ascii("é", 10));
+    }
+}

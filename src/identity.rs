@@ -1,0 +1,166 @@
+//! Who the user is, as data, and the ONE step that turns it into headers.
+//!
+//! The layers never write identity headers. They put what they established
+//! into the request's extensions: the session layer a live session
+//! ([`Identity`]), the login route the session it just opened, the phone
+//! route the number it just decrypted or exchanged ([`EstablishedPhone`]).
+//! Right before the request leaves for the backend, after its path has
+//! been rewritten, [`Render::apply`]:
+//!
+//! 1. removes every client header that is, or looks like, a header wxgate
+//!    owns ([`crate::headers::Forbidden`]: the identity and phone names, the
+//!    session header, WeChat's `x-wx-` family and Cloud Hosting's names,
+//!    compared on their letters and digits only);
+//! 2. writes the headers of what was established, and nothing else.
+//!
+//! So "insert or remove, never keep what the client sent" holds by
+//! construction, whatever the layers did: a header the backend sees was
+//! written here, from data wxgate established. A removed client header is
+//! logged at debug and counted in `wxgate_spoofed_headers_removed_total`.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+use crate::config::Config;
+use crate::headers::Forbidden;
+use crate::metrics;
+use crate::session::{PhoneNumber, Session, SessionToken};
+
+/// A live session the request carries (or the login just opened).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The session's token; `None` never happens today but keeps the data
+    /// honest for identities that come without one.
+    pub token: Option<SessionToken>,
+    pub session: Session,
+}
+
+/// A phone number the phone route established for this request.
+#[derive(Clone, Debug)]
+pub struct EstablishedPhone(pub PhoneNumber);
+
+/// The header names wxgate writes, parsed once.
+#[derive(Debug)]
+pub struct HeaderNames {
+    pub openid: HeaderName,
+    pub unionid: HeaderName,
+    pub appid: HeaderName,
+    pub phone_number: HeaderName,
+    pub pure_phone_number: HeaderName,
+    pub country_code: HeaderName,
+    pub session: HeaderName,
+}
+
+/// A header name from a validated configuration.
+fn header_name(v: &str) -> HeaderName {
+    // Validation refused invalid names; an empty fallback never matches.
+    HeaderName::from_bytes(v.as_bytes()).unwrap_or(HeaderName::from_static("x-wx-invalid"))
+}
+
+impl HeaderNames {
+    pub fn new(config: &Config) -> Self {
+        let h = &config.headers;
+        Self {
+            openid: header_name(&h.openid),
+            unionid: header_name(&h.unionid),
+            appid: header_name(&h.appid),
+            phone_number: header_name(&h.phone_number),
+            pure_phone_number: header_name(&h.pure_phone_number),
+            country_code: header_name(&h.country_code),
+            session: header_name(&config.session.header),
+        }
+    }
+}
+
+/// The render step (see the module docs). One per worker, shared by its
+/// connections.
+#[derive(Debug)]
+pub struct Render {
+    names: HeaderNames,
+    forbidden: Forbidden,
+    /// The session header in every spelling, for the backend's answers.
+    session_spellings: Forbidden,
+    appid: HeaderValue,
+    remember_phone: bool,
+}
+
+impl Render {
+    pub fn new(config: &Config) -> Arc<Self> {
+        let h = &config.headers;
+        let owned = h
+            .injected()
+            .into_iter()
+            .map(|(_, n)| n)
+            .chain([config.session.header.as_str()])
+            .chain(h.strip_names.iter().map(String::as_str));
+        Arc::new(Self {
+            names: HeaderNames::new(config),
+            forbidden: Forbidden::new(h.strip_prefixes.iter().map(String::as_str), owned),
+            session_spellings: Forbidden::new([], [config.session.header.as_str()]),
+            appid: HeaderValue::from_str(&config.weixin.appid).unwrap_or(HeaderValue::from_static("")),
+            remember_phone: config.phone.remember,
+        })
+    }
+
+    pub fn names(&self) -> &HeaderNames {
+        &self.names
+    }
+
+    /// Strips every client copy of a header wxgate owns, then writes the
+    /// identity and phone headers of what the request's extensions say was
+    /// established.
+    pub fn apply<B>(&self, req: &mut Request<B>) {
+        self.strip(req.headers_mut());
+        let identity = req.extensions().get::<Identity>().cloned();
+        let phone = req.extensions().get::<EstablishedPhone>().map(|p| p.0.clone());
+        let headers = req.headers_mut();
+        if let Some(identity) = identity {
+            self.write_identity(headers, &identity.session);
+            let phone = phone.or_else(|| self.remember_phone.then(|| identity.session.phone().cloned()).flatten());
+            if let Some(phone) = phone {
+                self.write_phone(headers, &phone);
+            }
+        }
+    }
+
+    fn strip(&self, headers: &mut HeaderMap) {
+        for name in self.forbidden.strip(headers) {
+            metrics::spoofed_header_removed();
+            tracing::debug!(header = %name, "removed a client-sent copy of a header wxgate owns");
+        }
+    }
+
+    fn write_identity(&self, headers: &mut HeaderMap, session: &Session) {
+        let Ok(openid) = HeaderValue::from_str(session.openid()) else {
+            // Login refuses such openids; never forward half an identity.
+            return;
+        };
+        headers.insert(&self.names.openid, openid);
+        if let Some(unionid) = session.unionid().and_then(|u| HeaderValue::from_str(u).ok()) {
+            headers.insert(&self.names.unionid, unionid);
+        }
+        headers.insert(&self.names.appid, self.appid.clone());
+    }
+
+    fn write_phone(&self, headers: &mut HeaderMap, phone: &PhoneNumber) {
+        for (name, value) in [
+            (&self.names.phone_number, &phone.phone_number),
+            (&self.names.pure_phone_number, &phone.pure_phone_number),
+            (&self.names.country_code, &phone.country_code),
+        ] {
+            // Values are checked to be digits (and '+') before they are stored.
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        }
+    }
+
+    /// Removes every spelling of the session header from a backend's
+    /// answer: wxgate alone hands out session tokens.
+    pub fn strip_session_from_response(&self, headers: &mut HeaderMap) {
+        for name in self.session_spellings.strip(headers) {
+            tracing::debug!(header = %name, "removed the backend's copy of the session header");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! A live session token becomes the request's [`Identity`].
+//!
+//! The session header (`session.header`, default `x-wx-session`, read under
+//! its exact configured name) is taken off every request: it is the
+//! client's credential and never goes upstream (its other spellings are
+//! removed by the render step). When it names a live session, the session
+//! goes into the request's extensions as an [`Identity`], for the routes
+//! and for [`crate::identity::Render`], which alone writes headers. An
+//! unknown, expired or malformed token, or none, adds nothing: the backend
+//! sees an anonymous request and decides what it may do. A store that
+//! cannot answer fails the request (503 `session_store_unavailable`): a
+//! user who is logged in is never silently made anonymous.
+//!
+//! ```text
+//! ServiceBuilder::new().layer(SessionLayer::new(store, header)).service(inner)
+//! ```
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, Either};
+use http::{HeaderName, Request};
+use tower::{Layer, Service};
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::session::{SessionStore, SessionToken};
+
+#[derive(Clone)]
+pub struct SessionLayer {
+    store: Arc<dyn SessionStore>,
+    header: HeaderName,
+}
+
+impl SessionLayer {
+    pub fn new(store: Arc<dyn SessionStore>, header: HeaderName) -> Self {
+        Self { store, header }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionLookup<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionLookup {
+            inner,
+            store: self.store.clone(),
+            header: self.header.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SessionLookup<S> {
+    inner: S,
+    store: Arc<dyn SessionStore>,
+    header: HeaderName,
+}
+
+impl<S> Service<Request<Body>> for SessionLookup<S>
+where
+    S: Service<Request<Body>, Error = Error> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let Some(value) = req.headers_mut().remove(&self.header) else {
+            // No token: the common pass-through case costs one lookup.
+            return Either::Left(self.inner.call(req));
+        };
+        let Some(token) = SessionToken::parse(value.as_bytes()) else {
+            tracing::debug!("malformed session token ignored");
+            return Either::Left(self.inner.call(req));
+        };
+        let store = self.store.clone();
+        // The ready service goes into the future; a fresh clone stays here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(async move {
+            match store.get(&token).await? {
+                Some(session) => {
+                    req.extensions_mut().insert(Identity {
+                        token: Some(token),
+                        session,
+                    });
+                }
+                None => tracing::debug!("unknown or expired session token"),
+            }
+            inner.call(req).await
+        }))
+    }
+}
