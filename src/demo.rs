@@ -2,20 +2,16 @@
 //! process, on local ports, walking through what a mini program does and
 //! printing what the backend receives at each step. Needs no WeChat account.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use http::{Method, Request, Response, header};
+use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Secret};
-use crate::fake::{FakeWeixin, MintRequest};
+use crate::fake::{EchoBackend, FakeWeixin, MintRequest};
 use crate::server::Listeners;
 
 const APPID: &str = "wxd0000000000demo";
@@ -35,7 +31,7 @@ pub fn run() -> Result<(), DemoError> {
 async fn walk() -> Result<(), DemoError> {
     let fake = FakeWeixin::new(APPID, SECRET);
     let fake_addr = fake.spawn_local().await?;
-    let backend = spawn_echo_backend().await?;
+    let backend = EchoBackend::spawn_local().await?.addr;
 
     let mut config = Config::default();
     config.upstream.url = format!("http://{backend}");
@@ -171,7 +167,7 @@ fn show_backend(echo: &Value) {
     println!(
         "   the backend received {} {}",
         echo["method"].as_str().unwrap_or("?"),
-        echo["path"].as_str().unwrap_or("?")
+        echo["uri"].as_str().unwrap_or("?")
     );
     let mut any = false;
     for (k, v) in headers {
@@ -184,57 +180,4 @@ fn show_backend(echo: &Value) {
         println!("     (no x-wx-* header: an anonymous request)");
     }
     println!();
-}
-
-/// A backend that answers every request with what it received, as JSON.
-pub async fn spawn_echo_backend() -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(echo);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let headers: serde_json::Map<String, Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
-        .collect();
-    let method = req.method().to_string();
-    let path = req.uri().to_string();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let out = json!({
-        "method": method,
-        "path": path,
-        "headers": headers,
-        "body": String::from_utf8_lossy(&body),
-    });
-    let mut res = Response::new(Full::new(Bytes::from(out.to_string())));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(res)
 }

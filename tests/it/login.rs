@@ -1,13 +1,11 @@
 //! The login route end to end: wxgate in front of the mock upstream, WeChat
 //! played by the shipped fake.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, header};
 use http_body_util::Full;
 use serde_json::json;

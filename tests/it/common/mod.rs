@@ -1,26 +1,35 @@
 //! Test harness: the real wxgate, started in-process on 127.0.0.1:0, in front
 //! of an in-process mock upstream and the shipped fake WeChat.
-#![allow(dead_code)]
 
-use std::convert::Infallible;
+// What every test module uses, so that each needs only `use crate::common::*;`.
+pub use std::convert::Infallible;
+pub use std::net::SocketAddr;
+pub use std::sync::atomic::{AtomicUsize, Ordering};
+pub use std::time::Duration;
+
+pub use bytes::Bytes;
+pub use futures_util::{SinkExt, StreamExt};
+pub use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
+pub use http_body_util::combinators::BoxBody;
+pub use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+pub use hyper::body::Frame;
+pub use hyper_util::client::legacy::Client;
+pub use hyper_util::client::legacy::connect::HttpConnector;
+pub use hyper_util::rt::TokioExecutor;
+pub use serde_json::{Value, json};
+pub use sha2::{Digest, Sha256};
+pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub use tokio::net::TcpStream;
+pub use wxgate::fake::FakeWeixin;
+
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use http::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use wxgate::config::{Config, Secret};
-use wxgate::fake::FakeWeixin;
 use wxgate::{Listeners, Running};
 
 pub const APPID: &str = "wx4f4bc4dec97d474b";
@@ -59,17 +68,7 @@ fn init_logs() {
     });
 }
 
-/// What the mock upstream received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub method: Method,
-    pub uri: String,
-    pub version: Version,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// Trailer fields of a chunked body (echo route only).
-    pub trailers: HeaderMap,
-}
+pub use wxgate::fake::Received;
 
 #[derive(Clone, Default)]
 pub struct Upstream {
@@ -273,38 +272,9 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
             Ok(res)
         }
         _ => {
-            let (parts, body) = req.into_parts();
-            let (body, trailers) = match body.collect().await {
-                Ok(c) => {
-                    let trailers = c.trailers().cloned().unwrap_or_default();
-                    (c.to_bytes(), trailers)
-                }
-                Err(_) => Default::default(),
-            };
-            let r = Received {
-                method: parts.method.clone(),
-                uri: parts.uri.to_string(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                body: body.clone(),
-                trailers,
-            };
-            state.received.lock().unwrap().push(r);
-            let headers: serde_json::Map<String, Value> = parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-                    )
-                })
-                .collect();
-            let out = json!({"method": parts.method.as_str(), "uri": parts.uri.to_string(), "headers": headers});
-            let mut res = Response::new(full_body(out.to_string()));
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-            Ok(res)
+            let (received, res) = wxgate::fake::echo(req).await;
+            state.received.lock().unwrap().push(received);
+            Ok(res.map(|b| b.boxed()))
         }
     }
 }
@@ -347,7 +317,6 @@ pub struct Gate {
     pub upstream: Upstream,
     pub fake: FakeWeixin,
     pub fake_addr: SocketAddr,
-    pub config: Config,
 }
 
 pub fn base_config(upstream: SocketAddr, fake: SocketAddr) -> Config {
@@ -387,7 +356,6 @@ pub async fn start(configure: impl FnOnce(&mut Config)) -> Gate {
         upstream,
         fake,
         fake_addr,
-        config,
     }
 }
 
@@ -509,4 +477,223 @@ pub async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+// ---------------------------------------------------------------------------
+// Raw connections, panics, streaming bodies
+// ---------------------------------------------------------------------------
+
+/// Panics on wxgate's own threads (workers, admin), counted by a hook that
+/// every test installs: a client's bad input must never panic wxgate.
+pub static WXGATE_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn count_wxgate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name().is_some_and(|n| n.starts_with("wxgate-")) {
+                WXGATE_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+pub fn assert_no_wxgate_panic() {
+    assert_eq!(WXGATE_PANICS.load(Ordering::SeqCst), 0, "a wxgate thread panicked");
+}
+
+/// `common::start` with the panic counter installed.
+pub async fn gate(configure: impl FnOnce(&mut wxgate::Config)) -> Gate {
+    count_wxgate_panics();
+    start(configure).await
+}
+
+/// wxgate in front of `upstream` (a closed port, a broken server...).
+pub async fn gate_to(upstream: SocketAddr) -> Gate {
+    gate(|c| c.upstream.url = format!("http://{upstream}")).await
+}
+
+/// Stops wxgate within a bounded time and checks nothing panicked.
+pub async fn finish(mut gate: Gate) {
+    tokio::time::timeout(Duration::from_secs(20), gate.stop())
+        .await
+        .expect("wxgate stops within 20 s");
+    assert_no_wxgate_panic();
+}
+
+/// Sends `request` on a fresh connection and reads until wxgate closes it.
+/// Write errors are ignored (wxgate may close before reading everything);
+/// the read is bounded, so a hang fails the test instead of stalling it.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to wxgate");
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "wxgate neither answered nor closed within 15 s; got so far: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}
+
+/// Reads what comes next on `stream` (within 15 s): it must start a 200.
+pub async fn assert_next_answer_is_200(stream: &mut TcpStream, what: &str) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 15 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{what}: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// Sends `request` on a fresh connection and reads one answer whose body has
+/// a Content-Length (wxgate's own answers do), leaving the connection open.
+pub async fn raw_one(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to wxgate");
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(res) = RawResponse::parse(&out) {
+                let len: usize = res.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                if res.body.len() >= len {
+                    return res;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("closed before a whole answer: {:?}", String::from_utf8_lossy(&out)),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.expect("an answer within 15 s")
+}
+
+/// A raw HTTP/1.1 response: status, headers (lower-case names) and body.
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(Self {
+            status,
+            headers,
+            body: bytes[end + 4..].to_vec(),
+        })
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Asserts a raw response is a wxgate JSON error.
+pub fn assert_raw_error(res: &RawResponse, status: u16, code: &str) {
+    assert_eq!(res.status, status, "{}", String::from_utf8_lossy(&res.body));
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let v = res.json();
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+pub type StreamingBody = BoxBody<Bytes, Infallible>;
+
+pub fn streaming_client() -> Client<HttpConnector, StreamingBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A request body fed through a channel, so the test decides when it ends.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, StreamingBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    (tx, BodyExt::boxed(StreamBody::new(frames)))
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// The values of `name`, in order, as strings.
+pub fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Every header of the upstream's request whose name reads as one of `names`
+/// to a CGI-style backend (letters and digits only, case-folded).
+pub fn identity_like<'a>(headers: &'a HeaderMap, names: &[&str]) -> Vec<(&'a HeaderName, &'a HeaderValue)> {
+    let norm = |s: &str| -> String {
+        s.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect()
+    };
+    headers
+        .iter()
+        .filter(|(n, _)| names.iter().any(|x| norm(x) == norm(n.as_str())))
+        .collect()
+}
+
+/// A one-shot upstream that reads a request and then does `answer`.
+pub async fn broken_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                // Dropped: the connection closes.
+            });
+        }
+    });
+    addr
 }

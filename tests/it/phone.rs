@@ -1,10 +1,8 @@
 //! The phone route end to end: both flows against the shipped fake WeChat.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use wxgate::config::{ForwardBody, HumanDuration};
 use wxgate::fake::{Api, FakeWeixin, MintRequest, Minted};
