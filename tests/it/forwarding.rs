@@ -195,3 +195,48 @@ async fn forwarded_headers_are_appended_and_set() {
     assert_eq!(values(&r.headers, "x-forwarded-host"), ["mp.example.com"]);
     finish(behind).await;
 }
+
+/// `Trailer` is end to end: a backend's trailers reach a client that said
+/// `TE: trailers` (and only one that did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_clients_that_accept_them() {
+    let gate = gate(|_| {}).await;
+    let res = raw(
+        gate.addr,
+        b"GET /with-trailers HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&res).to_ascii_lowercase();
+    assert!(text.contains("trailer: x-sum"), "{text}");
+    assert!(text.contains("0\r\nx-sum: 42\r\n"), "{text}");
+    assert_eq!(values(&gate.upstream.last().headers, "te"), ["trailers"]);
+    let res = raw(
+        gate.addr,
+        b"GET /with-trailers HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&res).to_ascii_lowercase();
+    assert!(!text.contains("x-sum: 42"), "{text}");
+    finish(gate).await;
+}
+
+/// `OPTIONS *` asks about the server, not a path: it stays `*` whatever the
+/// upstream URL's base path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_asterisk_stays_an_asterisk() {
+    let upstream = start_upstream().await;
+    let gate = gate(|c| c.upstream.url = format!("http://{}/base", upstream.addr.unwrap())).await;
+    let res = raw(gate.addr, b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(RawResponse::parse(&res).unwrap().status, 200);
+    let r = upstream.last();
+    assert_eq!(r.method, Method::OPTIONS);
+    assert_eq!(r.uri, "*");
+    let res = raw(
+        gate.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(RawResponse::parse(&res).unwrap().status, 200);
+    assert_eq!(upstream.last().uri, "/base/x");
+    finish(gate).await;
+}

@@ -84,3 +84,107 @@ async fn h2c_errors_are_json_too() {
     assert_eq!(v["error"], "upstream_unavailable");
     finish(gate).await;
 }
+
+// ---------------------------------------------------------------------------
+// HTTP/2 details (issue 11)
+// ---------------------------------------------------------------------------
+
+fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// RFC 9113 §8.2.3: a cookie split over several HTTP/2 fields reaches an
+/// HTTP/1.1 backend as one line, or backends that read the first lose some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_cookies_reach_the_backend_as_one_line() {
+    let gate = gate(|_| {}).await;
+    let res = h2_client()
+        .request(
+            Request::get(gate.url("/cookies"))
+                .header(header::COOKIE, "a=1")
+                .header(header::COOKIE, "b=2")
+                .header(header::COOKIE, "session=xyz")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let r = gate.upstream.last();
+    assert_eq!(values(&r.headers, "cookie"), ["a=1; b=2; session=xyz"]);
+    finish(gate).await;
+}
+
+/// An HTTP/2 `host` that differs from `:authority` is refused (RFC 9113
+/// §8.3.1): the backend would not know which one the client meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_host_that_differs_from_the_authority_is_400() {
+    let gate = gate(|_| {}).await;
+    let res = h2_client()
+        .request(
+            Request::get(gate.url("/authority"))
+                .header(header::HOST, "evil.example")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(gate.upstream.count(), 0);
+    finish(gate).await;
+}
+
+/// `server.http2_max_concurrent_streams` bounds what one connection can ask
+/// of the backend at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_per_connection_are_bounded() {
+    let gate = gate(|c| c.server.http2_max_concurrent_streams = 2).await;
+    let h2 = h2_client();
+    // One request first, so the client has the server's SETTINGS (streams
+    // opened before it may be refused, which is HTTP/2 working as meant).
+    let warm = h2.request(Request::get(gate.url("/warm")).body(Full::new(Bytes::new())).unwrap());
+    assert_eq!(warm.await.unwrap().status(), 200);
+    let all = futures_util::future::join_all((0..6).map(|_| {
+        h2.request(
+            Request::get(gate.url("/slow?ms=300"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    }))
+    .await;
+    let statuses: Vec<_> = all
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.status()).map_err(|e| format!("{e:?}")))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| s.as_ref().is_ok_and(|s| *s == 200)),
+        "{statuses:?}"
+    );
+    assert_eq!(gate.upstream.slow_max(), 2);
+    finish(gate).await;
+}
+
+/// An idle HTTP/2 connection is closed with a GOAWAY first, so the client
+/// knows no stream was lost and can open a new connection at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_a_goaway() {
+    let gate = gate(|c| c.server.header_read_timeout = HumanDuration(Duration::from_millis(500))).await;
+    let tcp = TcpStream::connect(gate.addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let req = Request::get(format!("http://{}/before-idle", gate.addr))
+        .body(())
+        .unwrap();
+    let (res, _) = send.send_request(req, true).unwrap();
+    assert_eq!(res.await.unwrap().status(), 200);
+    // Idle: the server says goodbye with a GOAWAY, then closes.
+    let _ = tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("closed within 15 s");
+    let refused = futures_util::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .expect_err("the connection is closed");
+    assert!(refused.is_go_away(), "closed without a GOAWAY: {refused:?}");
+    assert_eq!(refused.reason(), Some(h2::Reason::NO_ERROR));
+    finish(gate).await;
+}

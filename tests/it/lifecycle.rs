@@ -196,3 +196,28 @@ async fn shutdown_grace_bounds_the_drain() {
     );
     assert_no_wxgate_panic();
 }
+
+/// `server.shutdown_delay`: after SIGTERM, `/readyz` says 503 at once, but
+/// requests that load balancers still send are served until the delay ends;
+/// then the listener closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_the_shutdown_delay_are_served() {
+    let mut gate = gate(|c| c.server.shutdown_delay = HumanDuration(Duration::from_secs(2))).await;
+    let running = gate.running.take().unwrap();
+    running.shutdown();
+    assert_eq!(gate.admin_get("/readyz").await.status, 503);
+    for i in 0..5 {
+        // New connections each time, as a load balancer opens them.
+        let res = raw(
+            gate.addr,
+            format!("GET /during/{i} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(RawResponse::parse(&res).map(|r| r.status), Some(200), "request {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(20), running.stopped())
+        .await
+        .expect("stops after the delay and the drain");
+    assert!(TcpStream::connect(gate.addr).await.is_err(), "still listening");
+}

@@ -370,3 +370,42 @@ async fn without_remember_later_requests_carry_no_phone() {
     assert_eq!(phone_headers(&gate.upstream.last()), (None, None, None));
     gate.stop().await;
 }
+
+/// The fake's HTTP mint (what a backend's own CI uses) makes data wxgate
+/// decrypts, and its stats count the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_minted_over_http_by_the_fake_decrypts() {
+    let gate = start(|_| {}).await;
+    let token = gate.login("http.1").await;
+    let minted = send(
+        Request::post(format!("http://{}/__fake/mint", gate.fake_addr))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                json!({"user": "http", "phoneNumber": "13700137000", "purePhoneNumber": "13700137000", "countryCode": "86"})
+                    .to_string(),
+            )))
+            .unwrap(),
+    )
+    .await
+    .json();
+    let a = gate
+        .post(
+            "/api/phone",
+            Some(&token),
+            json!({"encryptedData": minted["encryptedData"], "iv": minted["iv"]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        values(&gate.upstream.last().headers, "x-wx-phone-number"),
+        ["13700137000"]
+    );
+    let stats = send(
+        Request::get(format!("http://{}/__fake/stats", gate.fake_addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .json();
+    assert_eq!(stats["jscode2session"], 1);
+}

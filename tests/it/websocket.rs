@@ -141,3 +141,42 @@ async fn shutdown_grace_ends_an_open_websocket() {
     assert!(end.is_ok(), "the tunnel outlived wxgate");
     assert_no_wxgate_panic();
 }
+
+/// A tunnel with no byte either way for `upstream.websocket_idle_timeout`
+/// is closed; one in use is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed() {
+    let gate = gate(|c| c.upstream.websocket_idle_timeout = HumanDuration(Duration::from_secs(1))).await;
+    let mut busy = open_ws(&gate).await;
+    let mut quiet = open_ws(&gate).await;
+    for i in 0..6 {
+        busy.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), busy.next()).await.unwrap();
+        assert!(back.is_some_and(|m| m.is_ok()), "the busy tunnel was closed");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(15), quiet.next())
+        .await
+        .expect("the quiet tunnel is closed within 15 s");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    finish(gate).await;
+}
+
+/// A tunnel keeps its client connection's place in `server.max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_counts_as_a_client_connection() {
+    let gate = gate(|c| {
+        c.server.workers = 1;
+        c.server.max_connections = 1;
+    })
+    .await;
+    let ws = open_ws(&gate).await;
+    let mut refused = TcpStream::connect(gate.addr).await.unwrap();
+    let _ = refused.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert!(
+        read_rest(&mut refused).await.is_empty(),
+        "a second connection was served"
+    );
+    drop(ws);
+    finish(gate).await;
+}

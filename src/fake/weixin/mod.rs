@@ -81,9 +81,12 @@
 //!   phone payload encrypted under the user's current session key. 404 if the user never
 //!   logged in, 400 for a malformed request.
 //! - `POST /__fake/expire_tokens` answers `{"ok": true}`.
+//! - `POST /__fake/revoke_tokens` answers `{"ok": true}`: every token issued so far fails at
+//!   the APIs (40001), but `stable_token` keeps handing out the current one until it is forced
+//!   ([`FakeWeixin::revoke_access_tokens`]).
 //! - `GET /__fake/stats` answers `{"jscode2session", "token", "stable_token",
-//!   "getuserphonenumber", "connections"}`: requests received per endpoint (whatever the
-//!   answer) and TCP connections accepted.
+//!   "getuserphonenumber", "stable_token_forced", "connections"}`: requests received per
+//!   endpoint (whatever the answer), forced stable-token refreshes, and TCP connections accepted.
 //!
 //! Anything else is 404 `{"errcode": -1, "errmsg": "not found"}`. A WeChat endpoint called with
 //! the wrong method answers 43001 ("require GET method") or 43002 ("require POST method").
@@ -212,10 +215,18 @@ struct State {
     access_tokens: HashMap<String, Instant>,
     /// The current stable token and when it expires.
     stable_token: Option<(String, Instant)>,
+    /// Tokens refused by the APIs though `stable_token` still hands them out
+    /// until forced ([`FakeWeixin::revoke_access_tokens`]).
+    revoked: HashSet<String>,
+    /// `stable_token` calls with `force_refresh: true`.
+    forced_refreshes: u64,
 }
 
 impl State {
     fn token_is_valid(&self, token: &str, now: Instant) -> bool {
+        if self.revoked.contains(token) {
+            return false;
+        }
         let plain = self.access_tokens.get(token).is_some_and(|expiry| *expiry > now);
         let stable = self
             .stable_token
@@ -354,6 +365,25 @@ impl FakeWeixin {
         })
     }
 
+    /// Makes every token issued so far fail at the APIs (40001) while
+    /// `stable_token` keeps handing out the current one until a caller
+    /// forces a refresh: the case where only `force_refresh` helps.
+    pub fn revoke_access_tokens(&self) {
+        let mut state = self.state();
+        let current: Vec<String> = state
+            .access_tokens
+            .keys()
+            .cloned()
+            .chain(state.stable_token.iter().map(|(t, _)| t.clone()))
+            .collect();
+        state.revoked.extend(current);
+    }
+
+    /// `stable_token` calls that forced a refresh.
+    pub fn forced_refreshes(&self) -> u64 {
+        self.state().forced_refreshes
+    }
+
     /// Invalidates every access token issued so far (plain and stable): next use answers 40001.
     pub fn expire_access_tokens(&self) {
         let mut state = self.state();
@@ -410,6 +440,13 @@ impl FakeWeixin {
             }
             "/__fake/mint" => match method {
                 Method::POST => self.mint_route(read_body(request).await.as_deref()),
+                _ => Answer::method_not_allowed(),
+            },
+            "/__fake/revoke_tokens" => match method {
+                Method::POST => {
+                    self.revoke_access_tokens();
+                    Answer::Control(StatusCode::OK, json!({"ok": true}))
+                }
                 _ => Answer::method_not_allowed(),
             },
             "/__fake/expire_tokens" => match method {
@@ -504,6 +541,9 @@ impl FakeWeixin {
         }
         let now = Instant::now();
         let mut state = self.state();
+        if request.force_refresh {
+            state.forced_refreshes += 1;
+        }
         let (token, expiry) = match &state.stable_token {
             Some((token, expiry)) if *expiry > now && !request.force_refresh => (token.clone(), *expiry),
             _ => {
@@ -581,6 +621,7 @@ impl FakeWeixin {
             "token": self.calls(Api::Token),
             "stable_token": self.calls(Api::StableToken),
             "getuserphonenumber": self.calls(Api::GetUserPhoneNumber),
+            "stable_token_forced": self.forced_refreshes(),
             "connections": self.connections(),
         })
     }

@@ -574,6 +574,30 @@ fn mint_request_uses_camel_case_names() {
 }
 
 #[tokio::test]
+async fn revoked_tokens_fail_until_a_forced_refresh() {
+    let h = Harness::start().await;
+    h.login("rita").await;
+    let token = h.access_token().await;
+    assert_eq!(h.phone(&token, "phone:1.a").await.errcode(), 0);
+    let reply = h.post("/__fake/revoke_tokens", "").await;
+    assert_eq!(reply.json, json!({"ok": true}));
+    assert_eq!(h.phone(&token, "phone:1.b").await.errcode(), 40001);
+    // Asked without forcing, WeChat hands back the very token it refuses.
+    assert_eq!(h.access_token().await, token);
+    let forced = h
+        .post(
+            "/cgi-bin/stable_token",
+            &json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET, "force_refresh": true})
+                .to_string(),
+        )
+        .await;
+    let fresh = forced.json["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, token);
+    assert_eq!(h.phone(&fresh, "phone:1.c").await.errcode(), 0);
+    assert_eq!(h.fake.forced_refreshes(), 1);
+}
+
+#[tokio::test]
 async fn stats_count_requests_and_pooled_connections() {
     let h = Harness::start().await;
     h.login("gina").await;
@@ -586,7 +610,7 @@ async fn stats_count_requests_and_pooled_connections() {
     let reply = h.get("/__fake/stats").await;
     assert_eq!(
         reply.json,
-        json!({"jscode2session": 3, "token": 1, "stable_token": 1, "getuserphonenumber": 1, "connections": 1})
+        json!({"jscode2session": 3, "token": 1, "stable_token": 1, "getuserphonenumber": 1, "stable_token_forced": 0, "connections": 1})
     );
     assert_eq!(h.fake.calls(Api::Jscode2Session), 3);
     assert_eq!(h.fake.calls(Api::GetUserPhoneNumber), 1);

@@ -20,7 +20,8 @@ pub use serde_json::{Value, json};
 pub use sha2::{Digest, Sha256};
 pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use tokio::net::TcpStream;
-pub use wxgate::fake::FakeWeixin;
+pub use wxgate::config::HumanDuration;
+pub use wxgate::fake::{Api, FakeWeixin, MintRequest};
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -76,6 +77,9 @@ pub struct Upstream {
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<std::sync::atomic::AtomicU64>,
     upload_progress: Arc<std::sync::atomic::AtomicU64>,
+    /// `/slow` requests being answered now, and the most at once.
+    slow_now: Arc<std::sync::atomic::AtomicU64>,
+    slow_max: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstream {
@@ -95,13 +99,19 @@ impl Upstream {
     pub fn upload_progress(&self) -> u64 {
         self.upload_progress.load(std::sync::atomic::Ordering::SeqCst)
     }
+    /// The most `/slow` requests the upstream was answering at once.
+    pub fn slow_max(&self) -> u64 {
+        self.slow_max.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Starts the mock upstream. Routes:
 /// - `/upload`: streams the body through SHA-256, answers `{"len","sha256"}` (body not kept;
 ///   [`Upstream::upload_progress`] counts the bytes as they arrive);
 /// - `/download?bytes=N`: streams N pattern bytes in 64 KiB chunks;
-/// - `/slow?ms=N`: answers after N ms;
+/// - `/slow?ms=N`: answers after N ms (counting how many it answers at once);
+/// - `/set-session`: answers with its own `x-wx-session` (which wxgate must remove);
+/// - `/with-trailers`: a chunked body with the trailer `x-sum: 42`;
 /// - `/hop`: answers with hop-by-hop headers;
 /// - `/ws`: WebSocket echo;
 /// - `/rich`: 201 with [`RICH_BODY`] (every byte value) and end-to-end headers: two
@@ -209,9 +219,34 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
             Ok(Response::new(BodyExt::boxed(StreamBody::new(chunks))))
         }
         "/slow" => {
+            use std::sync::atomic::Ordering::SeqCst;
             state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let now = state.slow_now.fetch_add(1, SeqCst) + 1;
+            state.slow_max.fetch_max(now, SeqCst);
             tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(1000))).await;
+            state.slow_now.fetch_sub(1, SeqCst);
             Ok(Response::new(full_body("slow done")))
+        }
+        "/with-trailers" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body"))),
+                Ok(Frame::trailers({
+                    let mut t = HeaderMap::new();
+                    t.insert("x-sum", "42".parse().unwrap());
+                    t
+                })),
+            ]);
+            let mut res = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            res.headers_mut().insert(header::TRAILER, "x-sum".parse().unwrap());
+            Ok(res)
+        }
+        "/set-session" => {
+            state.received.lock().unwrap().push(record(&req, Bytes::new()));
+            let mut res = Response::new(full_body("the backend tried to hand out a session"));
+            res.headers_mut().insert("x-wx-session", "stolen".parse().unwrap());
+            res.headers_mut().insert("x_wx_session", "stolen-too".parse().unwrap());
+            Ok(res)
         }
         "/rich" => {
             state.received.lock().unwrap().push(record(&req, Bytes::new()));
@@ -696,4 +731,52 @@ pub async fn broken_upstream(answer: &'static [u8]) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A backend written by hand on raw sockets, for misbehaviour hyper would
+/// not produce: `serve` handles each accepted connection.
+pub async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
+/// Reads a request or response head (through the blank line); returns it as
+/// text and whatever bytes came after it. `None` on EOF first.
+pub async fn read_head(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Some((head, buf[end + 4..].to_vec()));
+        }
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads until EOF (or 15 s): what else arrived on a connection.
+pub async fn read_rest(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
 }
