@@ -164,3 +164,108 @@ impl Render {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::PhoneNumber;
+    use crate::weixin::crypto::SessionKey;
+
+    fn config(remember: bool) -> Config {
+        let mut c = Config::default();
+        c.weixin.appid = "wx4f4bc4dec97d474b".into();
+        c.phone.remember = remember;
+        c
+    }
+
+    fn phone(n: &str) -> PhoneNumber {
+        PhoneNumber {
+            phone_number: n.into(),
+            pure_phone_number: n.into(),
+            country_code: "86".into(),
+        }
+    }
+
+    fn forged() -> Request<()> {
+        Request::builder()
+            .header("x-wx-openid", "forged")
+            .header("x.wx.unionid", "forged")
+            .header("X_WX_PHONE_NUMBER", "forged")
+            .header("x-wx-from-openid", "forged")
+            .header("x-original-forwarded-for", "forged")
+            .header("x_wx_session", "forged")
+            .header("accept", "kept")
+            .body(())
+            .unwrap()
+    }
+
+    fn names(req: &Request<()>) -> Vec<String> {
+        let mut n: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn an_anonymous_request_keeps_nothing_of_wxgates() {
+        let render = Render::new(&config(false));
+        let mut req = forged();
+        render.apply(&mut req);
+        assert_eq!(names(&req), ["accept"]);
+    }
+
+    #[test]
+    fn an_identity_is_written_and_only_it() {
+        let render = Render::new(&config(true));
+        let session = Session::new("oUSER", Some("uUNION"), SessionKey::random(), 0);
+        let mut req = forged();
+        req.extensions_mut().insert(Identity {
+            token: None,
+            session: session.clone(),
+        });
+        render.apply(&mut req);
+        let h = req.headers();
+        assert_eq!(h["x-wx-openid"], "oUSER");
+        assert_eq!(h["x-wx-unionid"], "uUNION");
+        assert_eq!(h["x-wx-appid"], "wx4f4bc4dec97d474b");
+        assert!(h.get("x-wx-phone-number").is_none(), "no phone was established");
+        assert_eq!(h.get_all("x-wx-openid").iter().count(), 1);
+        assert_eq!(names(&req).len(), 4, "{:?}", names(&req));
+
+        // A remembered phone is written with remember on, the one just
+        // established wins over it, and without remember only the latter.
+        let remembered = session.with_phone(phone("13800000001"));
+        for (remember, established, want) in [
+            (true, None, Some("13800000001")),
+            (true, Some("13800000002"), Some("13800000002")),
+            (false, None, None),
+            (false, Some("13800000002"), Some("13800000002")),
+        ] {
+            let render = Render::new(&config(remember));
+            let mut req = forged();
+            req.extensions_mut().insert(Identity {
+                token: None,
+                session: remembered.clone(),
+            });
+            if let Some(n) = established {
+                req.extensions_mut().insert(EstablishedPhone(phone(n)));
+            }
+            render.apply(&mut req);
+            let got = req
+                .headers()
+                .get("x-wx-phone-number")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), want, "remember {remember}, established {established:?}");
+        }
+    }
+
+    #[test]
+    fn the_backends_session_header_is_removed_in_every_spelling() {
+        let render = Render::new(&config(false));
+        let mut h = HeaderMap::new();
+        h.insert("x-wx-session", "stolen".parse().unwrap());
+        h.insert("X_WX_SESSION", "stolen".parse().unwrap());
+        h.insert("content-type", "text/plain".parse().unwrap());
+        render.strip_session_from_response(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

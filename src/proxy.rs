@@ -406,9 +406,8 @@ impl Proxy {
                 metrics::upstream_error("connect");
                 Error::upstream_unavailable(addr, e)
             })?;
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_headers(c.max_headers)
-            .max_buf_size(c.max_header_bytes)
+        let (mut sender, conn) = c
+            .http1()
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
             .map_err(|e| Error::upstream_unavailable(addr, e))?;

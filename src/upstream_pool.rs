@@ -112,6 +112,16 @@ pub struct PoolConfig {
     pub max_header_bytes: usize,
 }
 
+impl PoolConfig {
+    /// The HTTP/1.1 client settings of every backend connection, pooled or
+    /// dedicated (a WebSocket's).
+    pub fn http1(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.max_headers(self.max_headers).max_buf_size(self.max_header_bytes);
+        b
+    }
+}
+
 struct Idle<B> {
     sender: SendRequest<B>,
     /// Past this, the connection is not handed out again.
@@ -366,12 +376,7 @@ where
         let stream = crate::net::connect(&c.host, c.port, c.connect_timeout)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, conn) = http1::Builder::new()
-            .max_headers(c.max_headers)
-            .max_buf_size(c.max_header_bytes)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Io)?;
+        let (sender, conn) = c.http1().handshake(TokioIo::new(stream)).await.map_err(SendError::Io)?;
         tokio::spawn(async move {
             // The connection counts against `max_connections` while it lives.
             let _permit = permit;

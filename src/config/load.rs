@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -61,10 +62,12 @@ impl Config {
         // Report every bad key, then validate what remains, so one run names
         // every problem.
         problems.extend(check_keys(&mut table, &defaults));
-        let config = match Config::deserialize_checked(table) {
+        // Every key was checked on its own above, and bad ones removed: what
+        // is left deserialises (a failure here would name the section).
+        let config = match Config::deserialize(toml::Value::Table(table)) {
             Ok(c) => c,
             Err(e) => {
-                problems.push(e);
+                problems.push(format!("configuration: {e}"));
                 return Err(ConfigError {
                     problems: name_env(problems, &from_env),
                 });
@@ -80,11 +83,6 @@ impl Config {
                 problems: name_env(problems, &from_env),
             })
         }
-    }
-
-    /// The table, already checked key by key, as a `Config`.
-    fn deserialize_checked(table: toml::Table) -> Result<Config, String> {
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| format!("{}: {}", e.path(), e.inner()))
     }
 }
 

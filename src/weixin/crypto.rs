@@ -147,16 +147,8 @@ pub struct DecryptedData {
     /// `countryCode`, normalised to a string whether WeChat sent `"86"` or `86`.
     #[serde(default, deserialize_with = "string_or_integer")]
     pub country_code: Option<String>,
+    /// Who made the data, and when: the caller checks both.
     pub watermark: Option<Watermark>,
-    /// `openId`, present in user-info payloads.
-    pub open_id: Option<String>,
-}
-
-impl DecryptedData {
-    /// Whether the watermark names `appid`: data minted for another mini program must be refused.
-    pub fn watermark_appid_is(&self, appid: &str) -> bool {
-        self.watermark.as_ref().is_some_and(|w| w.appid == appid)
-    }
 }
 
 impl fmt::Debug for DecryptedData {
@@ -166,7 +158,6 @@ impl fmt::Debug for DecryptedData {
             .field("pure_phone_number", &self.pure_phone_number.as_deref().map(mask_phone))
             .field("country_code", &self.country_code)
             .field("watermark", &self.watermark)
-            .field("open_id", &self.open_id)
             .finish()
     }
 }
@@ -342,11 +333,8 @@ mod tests {
                     appid: DEMO_APPID.to_owned(),
                     timestamp: 1_477_314_187,
                 }),
-                open_id: Some("oGZUI0egBJY1zhBYw2KhdUfwVJJE".to_owned()),
             }
         );
-        assert!(data.watermark_appid_is(DEMO_APPID));
-        assert!(!data.watermark_appid_is("wx0000000000000000"));
     }
 
     #[test]
@@ -388,7 +376,6 @@ mod tests {
                 timestamp: 1_700_000_000
             })
         );
-        assert_eq!(got.open_id, None);
     }
 
     #[test]
@@ -400,7 +387,7 @@ mod tests {
             .collect();
         let iv = " r7BXXKkLb8qrSNn05n0qiA\n\t";
         let data = decrypt(&demo_key(), iv, &format!("\n {wrapped}")).unwrap();
-        assert_eq!(data.open_id.as_deref(), Some("oGZUI0egBJY1zhBYw2KhdUfwVJJE"));
+        assert_eq!(data.watermark.map(|w| w.appid).as_deref(), Some(DEMO_APPID));
         let unpadded = DEMO_DATA.trim_end_matches('=');
         assert!(decrypt(&demo_key(), DEMO_IV, unpadded).is_ok());
     }
@@ -636,7 +623,6 @@ mod tests {
                 pure_phone_number: Some(pure),
                 country_code: Some(country_code.to_string()),
                 watermark: Some(Watermark { appid, timestamp }),
-                open_id: None,
             });
         }
     }

@@ -409,3 +409,36 @@ async fn data_minted_over_http_by_the_fake_decrypts() {
     .json();
     assert_eq!(stats["jscode2session"], 1);
 }
+
+/// Every line logged about a request names it: the route's own lines, the
+/// WeChat client's, and the one line of a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_about_a_request_carry_its_id() {
+    let gate = start(|_| {}).await;
+    let token = gate.login("traced.1").await;
+    let phone = |code: &str, id: &str| {
+        Request::post(gate.url("/api/phone"))
+            .header("x-wx-session", &token)
+            .header("x-request-id", id)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json!({"code": code}).to_string())))
+            .unwrap()
+    };
+    assert_eq!(send(phone("phone:13800138000.1", "trace-ok-7f3a")).await.status, 200);
+    send(phone("fail:40029", "trace-fail-9c1b"))
+        .await
+        .assert_error(401, "invalid_code");
+    send(phone("fail:12345", "trace-odd-4e2d"))
+        .await
+        .assert_error(502, "weixin_error");
+    let logs = logs();
+    let lines = |id: &str| -> Vec<String> { logs.lines().filter(|l| l.contains(id)).map(str::to_owned).collect() };
+    let ok = lines("trace-ok-7f3a");
+    assert!(ok.iter().any(|l| l.contains("phone number established")), "{ok:#?}");
+    let fail = lines("trace-fail-9c1b");
+    assert!(fail.iter().any(|l| l.contains("WeChat answered an error")), "{fail:#?}");
+    let odd = lines("trace-odd-4e2d");
+    let failures: Vec<_> = odd.iter().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failures.len(), 1, "logged once: {odd:#?}");
+    assert!(failures[0].contains("errcode 12345"), "{odd:#?}");
+}

@@ -333,3 +333,32 @@ async fn many_headers_pass_and_the_limits_are_keys() {
     assert_raw_error(&res, 502, "upstream_unavailable");
     finish(gate).await;
 }
+
+/// A backend failure is logged once, where it becomes the answer, with the
+/// request id, the address tried and the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failure_is_logged_once_with_its_cause() {
+    let down = closed_port();
+    let gate = gate_to(down).await;
+    let a = send(
+        Request::get(gate.url("/down"))
+            .header("x-request-id", "trace-down-5a7e")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+    let logs = logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("trace-down-5a7e") && !l.contains("wxgate::access"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(&down.to_string()), "the address tried: {}", lines[0]);
+    assert!(
+        lines[0].to_ascii_lowercase().contains("refused"),
+        "the cause: {}",
+        lines[0]
+    );
+    finish(gate).await;
+}
