@@ -44,11 +44,15 @@ elseif scenario == "phone_enc" then
    end
    file:close()
    assert(#bodies > 0, "no bodies in BENCH_BODIES")
-   for i, body in ipairs(bodies) do
-      requests[i] = wrk.format("POST", "/api/phone",
-         { ["Content-Type"] = "application/json", ["x-wx-session"] = token }, body)
-   end
    request = function()
+      -- Formatted on first use: wrk.format adds the Host header, which wrk
+      -- only knows once its init ran (after this file's top level).
+      if #requests == 0 then
+         for i, body in ipairs(bodies) do
+            requests[i] = wrk.format("POST", "/api/phone",
+               { ["Content-Type"] = "application/json", ["x-wx-session"] = token }, body)
+         end
+      end
       n = n + 1
       return requests[(n % #requests) + 1]
    end

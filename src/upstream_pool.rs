@@ -184,7 +184,7 @@ where
             let (mut sender, reused) = self.connection(replayed).await?;
             // Only a reused connection may have been closed under us, and
             // only a replayable request is worth keeping a copy of.
-            let copy = (reused && !replayed && replay == Replay::Safe).then(|| head_copy(&req));
+            let copy = (reused && !replayed && replay == Replay::Safe).then(|| HeadCopy::of(&req));
             match sender.try_send_request(req).await {
                 Ok(res) => return self.answered(sender, res),
                 Err(mut e) => match e.take_message() {
@@ -194,7 +194,7 @@ where
                     _ => match copy {
                         Some(copy) if closed_before_answer(e.error()) => {
                             tracing::debug!(error = %e.error(), "a reused upstream connection closed before answering; sending once more on a fresh one");
-                            req = copy;
+                            req = copy.into_request();
                             replayed = true;
                         }
                         _ => return Err(SendError::Io(e.into_error())),
@@ -214,7 +214,7 @@ where
         if self.version.load(Ordering::Relaxed) != version {
             self.version.store(version, Ordering::Relaxed);
         }
-        if let Some(keep) = keep_alive(res.headers(), self.config.idle_timeout) {
+        if let Some(keep) = keep_alive(res.version(), res.headers(), self.config.idle_timeout) {
             self.checkin(sender, keep);
         }
         Ok(res)
@@ -400,14 +400,34 @@ where
     }
 }
 
-/// A copy of a bodiless request, to send it again.
-fn head_copy<B: Default>(req: &Request<B>) -> Request<B> {
-    let mut copy = Request::new(B::default());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+/// What it takes to send a bodiless request again: its head, kept as a
+/// flat list (one allocation; a `HeaderMap` clone is two and a hash table).
+struct HeadCopy {
+    method: Method,
+    uri: http::Uri,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeadCopy {
+    fn of<B>(req: &Request<B>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+        }
+    }
+
+    fn into_request<B: Default>(self) -> Request<B> {
+        let mut req = Request::new(B::default());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        req
+    }
 }
 
 /// The connection failed before any answer: closed, reset, or cut while
@@ -429,19 +449,24 @@ fn closed_before_answer(e: &hyper::Error) -> bool {
     false
 }
 
-/// How long the connection may be reused, from the response's headers:
-/// `None` when the backend closes it (`Connection: close`), else the pool's
-/// idle timeout, shortened by `Keep-Alive: timeout=N` to a second before
-/// the backend's own deadline.
-fn keep_alive(headers: &HeaderMap, idle_timeout: Duration) -> Option<Duration> {
+/// How long the connection may be reused, from the response's head:
+/// `None` when the backend closes it (`Connection: close`, or HTTP/1.0
+/// without `Connection: keep-alive`), else the pool's idle timeout,
+/// shortened by `Keep-Alive: timeout=N` to a second before the backend's
+/// own deadline.
+fn keep_alive(version: Version, headers: &HeaderMap, idle_timeout: Duration) -> Option<Duration> {
     let mut keep = idle_timeout;
+    let mut keep_alive_token = false;
     for v in headers.get_all(header::CONNECTION) {
-        let closes = v
-            .to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-        if closes {
-            return None;
+        for token in v.to_str().unwrap_or("close").split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                return None;
+            }
+            keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
         }
+    }
+    if version == Version::HTTP_10 && !keep_alive_token {
+        return None;
     }
     if let Some(v) = headers.get("keep-alive").and_then(|v| v.to_str().ok()) {
         for param in v.split(',') {
@@ -652,7 +677,7 @@ mod tests {
             for (k, v) in pairs {
                 h.append(*k, v.parse().unwrap());
             }
-            keep_alive(&h, Duration::from_secs(60))
+            keep_alive(Version::HTTP_11, &h, Duration::from_secs(60))
         };
         assert_eq!(ka(&[]), Some(Duration::from_secs(60)));
         assert_eq!(ka(&[("connection", "close")]), None);
@@ -663,6 +688,14 @@ mod tests {
         );
         assert_eq!(ka(&[("keep-alive", "timeout=1")]), None);
         assert_eq!(ka(&[("keep-alive", "max=3")]), Some(Duration::from_secs(60)));
+        // HTTP/1.0 closes unless it says keep-alive.
+        let mut h = HeaderMap::new();
+        assert_eq!(keep_alive(Version::HTTP_10, &h, Duration::from_secs(60)), None);
+        h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        assert_eq!(
+            keep_alive(Version::HTTP_10, &h, Duration::from_secs(60)),
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

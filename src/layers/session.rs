@@ -29,13 +29,20 @@ use crate::session::{SessionStore, SessionToken};
 
 #[derive(Clone)]
 pub struct SessionLayer {
+    state: Arc<State>,
+}
+
+/// One allocation for what every request's copy of the service needs.
+struct State {
     store: Arc<dyn SessionStore>,
     header: HeaderName,
 }
 
 impl SessionLayer {
     pub fn new(store: Arc<dyn SessionStore>, header: HeaderName) -> Self {
-        Self { store, header }
+        Self {
+            state: Arc::new(State { store, header }),
+        }
     }
 }
 
@@ -44,8 +51,7 @@ impl<S> Layer<S> for SessionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SessionLookup {
             inner,
-            store: self.store.clone(),
-            header: self.header.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -53,8 +59,7 @@ impl<S> Layer<S> for SessionLayer {
 #[derive(Clone)]
 pub struct SessionLookup<S> {
     inner: S,
-    store: Arc<dyn SessionStore>,
-    header: HeaderName,
+    state: Arc<State>,
 }
 
 impl<S> Service<Request<Body>> for SessionLookup<S>
@@ -71,7 +76,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let Some(value) = req.headers_mut().remove(&self.header) else {
+        let Some(value) = req.headers_mut().remove(&self.state.header) else {
             // No token: the common pass-through case costs one lookup.
             return Either::Left(self.inner.call(req));
         };
@@ -79,7 +84,7 @@ where
             tracing::debug!("malformed session token ignored");
             return Either::Left(self.inner.call(req));
         };
-        let store = self.store.clone();
+        let store = self.state.store.clone();
         // The ready service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

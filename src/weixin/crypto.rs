@@ -507,7 +507,6 @@ mod tests {
             r#"{"watermark":"wx4f4bc4dec97d474b"}"#,
             r#"{"watermark":{"appid":"wx","timestamp":"1477314187"}}"#,
             r#"{"watermark":{"appid":"wx","timestamp":-1}}"#,
-            r#"{"openId":false}"#,
         ] {
             assert_eq!(
                 parse_plaintext(plaintext.as_bytes()),
