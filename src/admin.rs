@@ -25,6 +25,7 @@ use crate::body::{self, Body};
 use crate::error::Error;
 use crate::metrics;
 use crate::server::Shared;
+use crate::session::SessionStore;
 
 /// Readiness, a latch: starting → ready → draining, never back.
 #[derive(Debug, Default)]
@@ -58,15 +59,17 @@ impl Readiness {
 /// Serves the admin endpoints until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The admin thread's own handle on the store.
+    let store = shared.stores.handle();
     loop {
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = crate::net::accept(&listener, "server.admin_listen") => accepted,
         };
-        let shared = shared.clone();
+        let (shared, store) = (shared.clone(), store.clone());
         let svc = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(answer(req, &shared).await.unwrap_or_else(Error::into_response)) }
+            let (shared, store) = (shared.clone(), store.clone());
+            async move { Ok::<_, Infallible>(answer(req, &shared, &*store).await.unwrap_or_else(Error::into_response)) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let stop = stop.clone();
@@ -91,7 +94,7 @@ fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Body>
     res
 }
 
-async fn answer(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, Error> {
+async fn answer(req: Request<Incoming>, shared: &Shared, store: &dyn SessionStore) -> Result<Response<Body>, Error> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match req.uri().path() {
         "/healthz" if get => Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"}))),
@@ -102,13 +105,20 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            Ok(json(status, serde_json::json!({"status": readiness.state()})))
+            // The store's health is reported, not made a reason to leave the
+            // load balancer: pass-through traffic needs no store.
+            let store = if shared.stores.is_up() { "ok" } else { "unavailable" };
+            Ok(json(
+                status,
+                serde_json::json!({"status": readiness.state(), "session_store": store}),
+            ))
         }
         "/metrics" if get => {
-            if let Some(n) = shared.store.count().await {
+            if let Some(n) = store.count().await {
                 metrics::set_sessions(n);
             }
             metrics::set_client_connections(shared.slots.open());
+            metrics::session_store_up(shared.stores.is_up());
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()))
         }
         "/sessions" if req.method() == Method::DELETE => {
@@ -119,7 +129,7 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body
                 .map(|(_, v)| v.into_owned())
                 .filter(|o| crate::headers::visible_ascii(o, 128))
                 .ok_or_else(|| Error::invalid("DELETE /sessions?openid=<the user's openid>"))?;
-            let revoked = shared.store.revoke_user(&openid).await?;
+            let revoked = store.revoke_user(&openid).await?;
             tracing::info!(revoked, "admin: revoked a user's sessions");
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": revoked})))
         }

@@ -185,6 +185,16 @@ fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether `Connection` is exactly one `token` (the common
+/// `keep-alive`), told without splitting it.
+fn connection_is_only(headers: &HeaderMap, token: &str) -> bool {
+    let mut all = headers.get_all(header::CONNECTION).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(token.as_bytes()),
+        _ => false,
+    }
+}
+
 /// Whether a comma-separated header lists `token` (case-insensitively).
 fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     list_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
@@ -284,8 +294,14 @@ pub fn client_request(
     trusted: &[ipnet::IpNet],
 ) -> Upgrade {
     let hop = HopByHop::scan(headers);
+    // wxgate adds up to five headers on the way (X-Forwarded-*, X-Real-IP,
+    // X-Request-Id): one growth now, not one per insert.
+    headers.reserve(6);
     let mut upgrade = Upgrade::None;
-    if hop.has(HopByHop::CONNECTION) {
+    if hop.has(HopByHop::CONNECTION) && connection_is_only(headers, "keep-alive") {
+        // What most HTTP/1.1 clients send: nothing to apply.
+        headers.remove(header::CONNECTION);
+    } else if hop.has(HopByHop::CONNECTION) {
         if hop.is_upgrade(headers) && is_websocket_handshake(headers, method, version) {
             upgrade = Upgrade::WebSocket;
             remove_connection_listed(headers, &["upgrade"]);

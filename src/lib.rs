@@ -93,6 +93,8 @@ pub enum BuildError {
 /// Returns the stack and its proxy (the worker's sweep reaps its pool).
 pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
     let config = &*shared.config;
+    // This worker's own handle: a shared store's connection lives here.
+    let store = shared.stores.handle();
     let render = Render::new(config);
     let weixin = WeixinClient::new(&config.weixin)?;
     let proxy = Proxy::new(&config.upstream, config.server.body_read_timeout.get(), render.clone())?;
@@ -102,19 +104,19 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
         access: crate::routes::Access::new(config),
         login: Login::new(
             config,
-            shared.store.clone(),
+            store.clone(),
             weixin.clone(),
             session_header.clone(),
             shared.login_limit.clone(),
         ),
         phone: Phone::new(
             config,
-            shared.store.clone(),
+            store.clone(),
             weixin,
             shared.tokens.clone(),
             shared.phone_limit.clone(),
         ),
-        logout: Logout::new(config.login.mode, shared.store.clone()),
+        logout: Logout::new(config.login.mode, store.clone()),
     };
     let service = ServiceBuilder::new()
         // 1. x-request-id: kept or made; on every log line about the request.
@@ -124,7 +126,7 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
         // 3. Errors become JSON answers here, and are logged here, once.
         .layer(ErrorsLayer)
         // 4. A live session token becomes the request's Identity (data).
-        .layer(SessionLayer::new(shared.store.clone(), session_header))
+        .layer(SessionLayer::new(store, session_header))
         // 5. Host rules and route spellings; then login, phone, logout, or
         //    the backend. Right before a request leaves, the proxy strips
         //    every client copy of wxgate's headers and writes the identity.

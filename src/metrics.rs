@@ -65,6 +65,8 @@ struct Metrics {
     spoofed_headers: IntCounter,
     connections_refused: IntCounter,
     client_connections: IntGauge,
+    store_up: IntGauge,
+    store_errors: IntCounterVec,
     log_lines_dropped: IntGauge,
     info: IntGaugeVec,
 }
@@ -146,6 +148,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "client_connections",
             "Client connections open now (against server.max_connections), WebSocket tunnels included."
         )),
+        store_up: reg!(IntGauge::new(
+            "session_store_up",
+            "1 while the shared session store (Redis) answers, 0 after a failed command; 1 with the memory store."
+        )),
+        store_errors: reg!(IntCounterVec::new(
+            Opts::new(
+                "session_store_errors_total",
+                "Session store commands that failed or timed out, by operation."
+            ),
+            &["op"]
+        )),
         log_lines_dropped: reg!(IntGauge::new(
             "log_lines_dropped_total",
             "Log lines dropped because the log writer's queue was full (the writer never blocks a request)."
@@ -160,6 +173,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )),
         registry,
     };
+    m.store_up.set(1);
     m.info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("WXGATE_COMMIT")])
         .set(1);
@@ -326,6 +340,14 @@ pub fn set_log_drop_counter(counter: tracing_appender::non_blocking::ErrorCounte
 
 pub fn connection_refused() {
     METRICS.connections_refused.inc();
+}
+
+pub fn session_store_up(up: bool) {
+    METRICS.store_up.set(i64::from(up));
+}
+
+pub fn session_store_error(op: &'static str) {
+    METRICS.store_errors.with_label_values(&[op]).inc();
 }
 
 pub fn set_client_connections(n: usize) {

@@ -51,13 +51,15 @@ use tower::Service;
 use crate::admin::{self, Readiness};
 use crate::body::Body;
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::hop::{self, ClientAddr, Upgrade};
 use crate::idle::{self, Slot, Slots};
 use crate::layers::access_log::{self, AccessRecord, Outcome};
 use crate::ratelimit::Limiter;
 use crate::routes::Routes;
-use crate::session::SessionStore;
+use crate::session::Stores;
 use crate::session::memory::MemoryStore;
+use crate::session::redis::RedisShared;
 use crate::weixin::token::AccessTokenProvider;
 use crate::{BuildError, Stack, metrics};
 
@@ -68,7 +70,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What every worker shares.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub store: Arc<dyn SessionStore>,
+    pub stores: Stores,
     pub tokens: Arc<AccessTokenProvider>,
     pub readiness: Arc<Readiness>,
     pub routes: Arc<Routes>,
@@ -79,15 +81,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
-        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(&config.session));
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let stores = match config.session.store {
+            StoreKind::Memory => Stores::Memory(Arc::new(MemoryStore::new(&config.session))),
+            StoreKind::Redis => Stores::Redis(RedisShared::new(
+                &config.redis,
+                &config.session,
+                config.weixin.timeout.get(),
+            )?),
+        };
         let trusted_proxies: Arc<[ipnet::IpNet]> = config
             .server
             .trusted_proxies
             .iter()
             .filter_map(|c| crate::config::parse_cidr(c))
             .collect();
-        Self {
+        Ok(Self {
             tokens: Arc::new(AccessTokenProvider::new()),
             readiness: Arc::new(Readiness::default()),
             routes: Arc::new(Routes::new(&config)),
@@ -95,9 +104,9 @@ impl Shared {
             trusted_proxies,
             login_limit: Arc::new(Limiter::per_minute(config.limits.login_per_address)),
             phone_limit: Arc::new(Limiter::per_minute(config.limits.phone_per_session)),
-            store,
+            stores,
             config: Arc::new(config),
-        }
+        })
     }
 }
 
@@ -155,6 +164,8 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("a worker thread stopped before it was ready")]
     WorkerLost,
+    #[error(transparent)]
+    Redis(#[from] crate::session::redis::TargetError),
 }
 
 /// A started wxgate.
@@ -167,6 +178,8 @@ pub struct Running {
     delay_ms: Arc<AtomicU64>,
     workers: Vec<std::thread::JoinHandle<()>>,
     admin: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
+    /// The Redis revocation listener, stopped with the admin listener.
+    subscriber: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -199,6 +212,9 @@ impl Running {
             stop.cancel();
             let _ = thread.join();
         }
+        if let Some(thread) = self.subscriber.take() {
+            let _ = thread.join();
+        }
     }
 
     /// [`Running::join`] for async callers.
@@ -219,7 +235,7 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
     raise_open_files_limit(&config);
     let addr = listeners.public[0].local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config)?);
     let drain = CancellationToken::new();
     let delay_ms = Arc::new(AtomicU64::new(0));
     let worker_count = listeners.public.len();
@@ -275,6 +291,20 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
             });
         })?
     };
+    let subscriber = match &shared.stores {
+        Stores::Redis(redis) => {
+            let (redis, stop) = (redis.clone(), admin_stop.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("wxgate-redis-sub".into())
+                    .spawn(move || match crate::net::current_thread_runtime() {
+                        Ok(rt) => rt.block_on(crate::session::redis::subscriber(redis, stop)),
+                        Err(e) => tracing::error!(error = %e, "cannot start the revocation listener"),
+                    })?,
+            )
+        }
+        Stores::Memory(_) => None,
+    };
     let c = &shared.config;
     tracing::info!(
         %addr,
@@ -282,7 +312,7 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
         appid = %c.weixin.appid,
         upstream = %c.upstream.url,
         weixin_api = %c.weixin.api_base,
-        session_store = "memory",
+        session_store = shared.stores.describe(),
         workers = worker_count,
         "wxgate listening"
     );
@@ -294,6 +324,7 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
         delay_ms,
         workers,
         admin: Some((admin_stop, admin)),
+        subscriber,
     })
 }
 

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AccessConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig, PhoneConfig, ServerConfig,
-    SessionConfig, UpstreamConfig, WeixinConfig,
+    AccessConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig, PhoneConfig, RedisConfig,
+    ServerConfig, SessionConfig, UpstreamConfig, WeixinConfig,
 };
 
 /// Everything wrong with a configuration, one line per problem, each naming its key.
@@ -34,11 +34,16 @@ const ENV_PREFIX: &str = "WXGATE_";
 const OTHER_ENV: [&str; 2] = ["WXGATE_FAKE_SECRET", "WXGATE_BUILD_COMMIT"];
 
 /// Keys whose values `wxgate config` never prints.
-pub(super) const SECRET_KEYS: &[(&str, &str)] = &[("weixin", "secret")];
+pub(super) const SECRET_KEYS: &[(&str, &str)] = &[
+    ("weixin", "secret"),
+    ("redis", "password"),
+    ("redis", "sentinel_password"),
+    ("redis", "secret"),
+];
 
 /// The sections, in the order `check` reports them.
-const SECTIONS: [&str; 10] = [
-    "server", "upstream", "weixin", "session", "login", "phone", "logout", "limits", "access", "headers",
+const SECTIONS: [&str; 11] = [
+    "server", "upstream", "weixin", "session", "login", "phone", "logout", "limits", "access", "headers", "redis",
 ];
 
 impl Config {
@@ -266,6 +271,7 @@ fn check_keys(table: &mut toml::Table, defaults: &toml::Table) -> Vec<String> {
             "logout" => each::<LogoutConfig>(section, value, d, &mut out),
             "limits" => each::<LimitsConfig>(section, value, d, &mut out),
             "access" => each::<AccessConfig>(section, value, d, &mut out),
+            "redis" => each::<RedisConfig>(section, value, d, &mut out),
             "headers" => each::<HeadersConfig>(section, value, d, &mut out),
             other => {
                 out.push(format!(

@@ -45,6 +45,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub access: AccessConfig,
     pub headers: HeadersConfig,
+    pub redis: RedisConfig,
 }
 
 /// `[server]`: the listeners, the client side's limits and timeouts.
@@ -159,10 +160,22 @@ pub struct WeixinConfig {
     pub max_connections: usize,
 }
 
+/// Where wxgate keeps what it shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process (moka): one replica only; a restart logs everyone out.
+    Memory,
+    /// In Redis (`[redis]`), behind an in-process cache: any number of replicas.
+    Redis,
+}
+
 /// `[session]`: the sessions wxgate keeps after a login.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
+    /// "memory" (one replica) or "redis" (several; see `[redis]`).
+    pub store: StoreKind,
     /// Header carrying the session token between the mini program and wxgate.
     /// Never forwarded to the backend, and removed from the backend's answers.
     pub header: String,
@@ -191,6 +204,109 @@ pub enum LoginMode {
     Forward,
     /// Answer the client directly; the backend is not called.
     Respond,
+}
+
+/// How wxgate finds Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint): `url` names it.
+    Standalone,
+    /// Redis Cluster: `url` lists seed nodes, comma-separated.
+    Cluster,
+    /// Redis Sentinel: `url` lists the sentinels; `master_name` names the master.
+    Sentinel,
+}
+
+/// `[redis]`: the shared store, with `session.store = "redis"`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://` for TLS; a
+    /// comma-separated list of seeds (cluster) or sentinels (sentinel).
+    pub url: String,
+    /// "standalone", "cluster" or "sentinel".
+    pub mode: RedisMode,
+    /// Sentinel mode: the monitored master's name.
+    pub master_name: String,
+    /// ACL user and password for Redis (override the URL's).
+    pub username: String,
+    pub password: Secret,
+    /// Sentinel mode: the sentinels' own password, when they have one.
+    pub sentinel_password: Secret,
+    /// Every key wxgate writes starts with this.
+    pub key_prefix: String,
+    /// Longest wait for one command; a request that needs Redis gets 503
+    /// `session_store_unavailable` after it.
+    #[serde(with = "duration_str")]
+    pub timeout: HumanDuration,
+    /// Longest wait for a new connection.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: HumanDuration,
+    /// A PEM file of the CA that signed the server's certificate (`rediss://`);
+    /// empty: the system's roots.
+    pub tls_ca_file: String,
+    /// Names and seals everything wxgate stores (at least 32 characters; the
+    /// same on every replica). Required in redis mode; set
+    /// WXGATE_REDIS__SECRET rather than writing it in a file.
+    pub secret: Secret,
+    /// How long a replica may serve a session from its own memory before
+    /// asking Redis again (revocations reach it at once by pub/sub); 0 turns
+    /// the in-process cache off.
+    #[serde(with = "duration_str")]
+    pub l1_ttl: HumanDuration,
+    /// Most sessions in each replica's in-process cache.
+    pub l1_max_entries: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            mode: RedisMode::Standalone,
+            master_name: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            sentinel_password: Secret::default(),
+            key_prefix: "wxgate:".into(),
+            timeout: HumanDuration(Duration::from_millis(300)),
+            connect_timeout: HumanDuration::secs(1),
+            tls_ca_file: String::new(),
+            secret: Secret::default(),
+            l1_ttl: HumanDuration::secs(10),
+            l1_max_entries: 100_000,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with any password in it replaced (`redis://user:[redacted]@host`).
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &one[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{}{user}:[redacted]{}", &one[..scheme + 3], &one[at..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `[login]`: the route that receives the `wx.login` code.
@@ -344,6 +460,7 @@ impl fmt::Debug for WeixinConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Memory,
             header: "x-wx-session".into(),
             ttl: HumanDuration::secs(24 * 3600),
             max_entries: 1_000_000,
@@ -493,6 +610,11 @@ impl Config {
     /// (`wxgate config`).
     pub fn to_redacted_toml(&self) -> String {
         let mut table = toml::Table::try_from(self).unwrap_or_default();
+        if let Some(toml::Value::Table(redis)) = table.get_mut("redis")
+            && let Some(toml::Value::String(url)) = redis.get_mut("url")
+        {
+            *url = redact_url(url);
+        }
         for (section, key) in load::SECRET_KEYS {
             if let Some(toml::Value::Table(t)) = table.get_mut(*section)
                 && let Some(toml::Value::String(v)) = t.get_mut(*key)

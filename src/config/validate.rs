@@ -21,6 +21,7 @@ impl Config {
         self.validate_headers(&mut p);
         self.validate_routes(&mut p);
         self.validate_access(&mut p);
+        self.validate_redis(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -183,6 +184,51 @@ impl Config {
 }
 
 impl Config {
+    fn validate_redis(&self, p: &mut Vec<String>) {
+        if self.session.store != crate::config::StoreKind::Redis {
+            return;
+        }
+        let r = &self.redis;
+        let schemes: &[&str] = &["redis", "rediss"];
+        if r.url.trim().is_empty() {
+            p.push("redis.url: required with session.store = \"redis\" (e.g. \"redis://127.0.0.1:6379\")".into());
+        }
+        for (i, one) in r.url.split(',').map(str::trim).enumerate() {
+            if let Err(e) = parse_base_url(one, schemes) {
+                p.push(format!("redis.url: address {}: {e}", i + 1));
+            }
+        }
+        if r.mode == crate::config::RedisMode::Standalone && r.url.contains(',') {
+            p.push(
+                "redis.url: one address in standalone mode (a list is for mode = \"cluster\" or \"sentinel\")".into(),
+            );
+        }
+        if r.mode == crate::config::RedisMode::Sentinel && r.master_name.is_empty() {
+            p.push("redis.master_name: required with mode = \"sentinel\" (the name the sentinels monitor)".into());
+        }
+        if r.secret.expose().len() < 32 {
+            p.push(
+                "redis.secret: required with session.store = \"redis\", at least 32 characters, the same on every replica (set WXGATE_REDIS__SECRET)"
+                    .into(),
+            );
+        }
+        if r.key_prefix.contains(['{', '}']) {
+            p.push("redis.key_prefix: must not contain '{' or '}' (a Redis Cluster hash tag would put every key in one slot)".into());
+        }
+        if r.timeout.0.is_zero() {
+            p.push("redis.timeout: must be longer than zero".into());
+        }
+        if r.connect_timeout.0.is_zero() {
+            p.push("redis.connect_timeout: must be longer than zero".into());
+        }
+        if !r.tls_ca_file.is_empty() && std::fs::metadata(&r.tls_ca_file).is_err() {
+            p.push(format!("redis.tls_ca_file: {:?} cannot be read", r.tls_ca_file));
+        }
+        if r.l1_max_entries == 0 {
+            p.push("redis.l1_max_entries: must be at least 1".into());
+        }
+    }
+
     fn validate_access(&self, p: &mut Vec<String>) {
         for (key, list) in [
             ("access.require_session", &self.access.require_session),

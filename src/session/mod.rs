@@ -10,6 +10,7 @@
 //! one ([`memory::MemoryStore`]) without touching the layers.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -243,6 +244,41 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Live sessions, for the metrics (may first settle pending evictions);
     /// `None` when the store cannot tell cheaply.
     fn count(&self) -> BoxFuture<'_, Option<u64>>;
+}
+
+/// Where sessions live, process-wide: each worker (and the admin listener)
+/// takes its own handle ([`Stores::handle`]), so that a shared store's
+/// connection lives on the runtime that uses it.
+#[derive(Clone)]
+pub enum Stores {
+    Memory(Arc<memory::MemoryStore>),
+    Redis(Arc<redis::RedisShared>),
+}
+
+impl Stores {
+    /// A handle for the calling thread's runtime.
+    pub fn handle(&self) -> Arc<dyn SessionStore> {
+        match self {
+            Stores::Memory(m) => m.clone(),
+            Stores::Redis(r) => r.handle(),
+        }
+    }
+
+    /// What the store is, for the start-up line.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Stores::Memory(_) => "memory",
+            Stores::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether the store answers (the memory store always does).
+    pub fn is_up(&self) -> bool {
+        match self {
+            Stores::Memory(_) => true,
+            Stores::Redis(r) => r.health().is_up(),
+        }
+    }
 }
 
 /// WeChat allows a forced access-token refresh about 20 times a day, 30 s apart.

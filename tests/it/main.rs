@@ -21,6 +21,7 @@ mod login;
 mod passthrough;
 mod phone;
 mod sessions;
+mod shared_state;
 mod smoke;
 mod streaming;
 mod trust;

@@ -23,6 +23,8 @@ pub use tokio::net::TcpStream;
 pub use wxgate::config::HumanDuration;
 pub use wxgate::fake::{Api, FakeWeixin, MintRequest};
 
+pub mod redis;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -374,6 +376,22 @@ pub async fn start(configure: impl FnOnce(&mut Config)) -> Gate {
     let upstream = start_upstream().await;
     let fake = FakeWeixin::new(APPID, SECRET);
     let fake_addr = fake.spawn_local().await.unwrap();
+    start_on(upstream, fake, fake_addr, configure).await
+}
+
+/// Another wxgate in front of the same upstream and fake WeChat (a replica).
+pub async fn replica_of(gate: &Gate, configure: impl FnOnce(&mut Config)) -> Gate {
+    start_on(gate.upstream.clone(), gate.fake.clone(), gate.fake_addr, configure).await
+}
+
+/// wxgate in front of a given upstream and fake WeChat.
+pub async fn start_on(
+    upstream: Upstream,
+    fake: FakeWeixin,
+    fake_addr: SocketAddr,
+    configure: impl FnOnce(&mut Config),
+) -> Gate {
+    init_logs();
     let mut config = base_config(upstream.addr.unwrap(), fake_addr);
     configure(&mut config);
     config.validate().expect("test config is valid");
@@ -426,8 +444,22 @@ impl Gate {
     /// Logs in with `code` and returns the session token.
     pub async fn login(&self, code: &str) -> String {
         let a = self.post("/api/login", None, json!({"code": code})).await;
-        assert_eq!(a.status, 200, "login failed: {}", a.text());
+        if a.status != 200 {
+            let logs = logs();
+            let tail: Vec<&str> = logs.lines().rev().take(15).collect();
+            panic!(
+                "login failed: {} {}\nlast log lines:\n{}",
+                a.status,
+                a.text(),
+                tail.join("\n")
+            );
+        }
         a.session().expect("login answer has a session header")
+    }
+
+    /// [`Gate::login`] for futures that must own their code.
+    pub async fn login_owned(&self, code: String) -> String {
+        self.login(&code).await
     }
 
     pub async fn admin_get(&self, path: &str) -> Answer {

@@ -1,0 +1,732 @@
+//! The shared store (`session.store = "redis"`): sessions, login codes, key
+//! histories and the token-refresh lock in Redis, so that any request can
+//! land on any replica and a restart logs nobody out.
+//!
+//! - **Sessions**: `SET <name> <sealed> PXAT <login + session.ttl>`; a
+//!   remembered phone rewrites the value with the same absolute expiry.
+//!   Each user's session names are also in a set (`SADD`), for revoking
+//!   them all at once; the set holds names, not tokens.
+//! - **Login codes**: the first replica to see a code takes it with
+//!   `SET <name> P NX PX <lock>`, calls WeChat, and writes the outcome over
+//!   the lock for `session.code_ttl`; the others poll the key until the
+//!   outcome is there (or the lock is gone, and one of them takes it). So a
+//!   retried login on another replica, or two at once, cost one WeChat call.
+//! - **Key histories**: `LPUSH`, `LTRIM 0 2`, `PEXPIRE` in one transaction:
+//!   no read-modify-write race between replicas.
+//! - **Forced token refreshes**: `SET <name> 1 NX PX 30000` elects one
+//!   replica per 30 s.
+//! - Every key is one slot (single-key commands; a transaction touches one
+//!   key), so Redis Cluster works.
+//! - Nothing is readable at rest: names and values are sealed
+//!   ([`seal`]).
+//!
+//! In front of Redis, each process keeps recent sessions in memory (moka,
+//! `[redis].l1_ttl`, never past a session's own expiry), with concurrent
+//! misses for one session coalesced. A revocation (logout, the admin's, a
+//! phone remembered) is published on `<prefix>revoked`; every replica
+//! listens ([`subscriber`]) and drops its copy within milliseconds. When the
+//! subscription drops, the cache is emptied and not used until the
+//! subscription is back (and emptied again then): a revocation missed in
+//! between is never served.
+//!
+//! Failures are never "no session": a command that fails or takes longer
+//! than `[redis].timeout` fails the request (503
+//! `session_store_unavailable`), unless the in-process cache can answer. A
+//! value that does not open, or an answer of the wrong type, is treated as
+//! absent and logged.
+
+mod conn;
+pub mod seal;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use moka::Expiry;
+use moka::future::Cache;
+use redis::{FromRedisValue, Value};
+use serde::{Deserialize, Serialize};
+
+use self::conn::{AnyConn, Target, WorkerConn};
+use self::seal::{Keys, Kind};
+use super::{FORCE_REFRESH_EVERY, Issued, Login, PhoneNumber, Session, SessionStore, SessionToken, unix_now};
+use crate::config::{RedisConfig, SessionConfig};
+use crate::error::Error;
+use crate::metrics;
+use crate::weixin::crypto::SessionKey;
+
+pub use conn::TargetError;
+
+/// How often a replica waiting for another's login exchange looks again.
+const CODE_POLL: Duration = Duration::from_millis(25);
+/// The value of a login-code key while its exchange runs.
+const PENDING: &[u8] = b"P";
+
+/// What every worker of a process shares.
+pub struct RedisShared {
+    target: Arc<Target>,
+    keys: Keys,
+    channel: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    ttl: Duration,
+    code_ttl: Duration,
+    previous_key_ttl: Duration,
+    /// The longest a login-code lock is held (WeChat's timeout, twice, and a margin).
+    code_lock: Duration,
+    l1: Option<Cache<[u8; 16], Session>>,
+    /// The revocation subscription is up: the in-process cache may answer.
+    l1_valid: AtomicBool,
+    health: Health,
+}
+
+/// Whether Redis answers, for `/readyz` and `/metrics`.
+#[derive(Default)]
+pub struct Health {
+    failing: AtomicBool,
+    errors: AtomicU64,
+}
+
+impl Health {
+    fn ok(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+            tracing::info!("the session store answers again");
+        }
+    }
+
+    fn failed(&self, op: &'static str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(op, "the session store does not answer");
+        }
+        metrics::session_store_error(op);
+    }
+
+    /// Whether the last command succeeded.
+    pub fn is_up(&self) -> bool {
+        !self.failing.load(Ordering::Relaxed)
+    }
+}
+
+/// A session as stored (JSON, then sealed).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// The app's index (several mini programs).
+    #[serde(default, rename = "a")]
+    app: u16,
+    #[serde(rename = "o")]
+    openid: String,
+    #[serde(default, rename = "u", skip_serializing_if = "Option::is_none")]
+    unionid: Option<String>,
+    #[serde(rename = "k")]
+    key: String,
+    #[serde(rename = "c")]
+    created_at: u64,
+    #[serde(default, rename = "p", skip_serializing_if = "Option::is_none")]
+    phone: Option<[String; 3]>,
+}
+
+impl Stored {
+    fn of(s: &Session) -> Self {
+        Self {
+            app: 0,
+            openid: s.openid().to_owned(),
+            unionid: s.unionid().map(str::to_owned),
+            key: s.session_key().to_base64(),
+            created_at: s.created_at(),
+            phone: s.phone().map(|p| {
+                [
+                    p.phone_number.to_string(),
+                    p.pure_phone_number.to_string(),
+                    p.country_code.to_string(),
+                ]
+            }),
+        }
+    }
+
+    fn session(self) -> Option<Session> {
+        let key = SessionKey::from_base64(&self.key).ok()?;
+        let session = Session::new(&self.openid, self.unionid.as_deref(), key, self.created_at);
+        Some(match self.phone {
+            Some([phone_number, pure_phone_number, country_code]) => session.with_phone(PhoneNumber {
+                phone_number: phone_number.into(),
+                pure_phone_number: pure_phone_number.into(),
+                country_code: country_code.into(),
+            }),
+            None => session,
+        })
+    }
+}
+
+/// A login code's outcome as stored: a session under its token, or the
+/// errcode WeChat refused the code with.
+#[derive(Serialize, Deserialize)]
+enum CodeOutcome {
+    Issued { token: String, session: Stored },
+    Refused { errcode: i64 },
+}
+
+/// Keeps each in-process entry no longer than `[redis].l1_ttl` nor past
+/// its session's expiry.
+struct L1Expiry {
+    l1_ttl: Duration,
+    ttl_secs: u64,
+}
+
+impl Expiry<[u8; 16], Session> for L1Expiry {
+    fn expire_after_create(&self, _: &[u8; 16], session: &Session, _: Instant) -> Option<Duration> {
+        let left = (session.created_at() + self.ttl_secs).saturating_sub(unix_now());
+        Some(self.l1_ttl.min(Duration::from_secs(left)))
+    }
+}
+
+impl RedisShared {
+    pub fn new(
+        config: &RedisConfig,
+        session: &SessionConfig,
+        weixin_timeout: Duration,
+    ) -> Result<Arc<Self>, TargetError> {
+        let l1 = (!config.l1_ttl.0.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(config.l1_max_entries)
+                .expire_after(L1Expiry {
+                    l1_ttl: config.l1_ttl.get(),
+                    ttl_secs: session.ttl.get().as_secs(),
+                })
+                .build()
+        });
+        Ok(Arc::new(Self {
+            target: Arc::new(Target::new(config)?),
+            keys: Keys::new(config.secret.expose().as_bytes(), &config.key_prefix),
+            channel: format!("{}revoked", config.key_prefix),
+            timeout: config.timeout.get(),
+            connect_timeout: config.connect_timeout.get(),
+            ttl: session.ttl.get(),
+            code_ttl: session.code_ttl.get(),
+            previous_key_ttl: session.previous_key_ttl.get(),
+            code_lock: weixin_timeout * 2 + Duration::from_secs(1),
+            l1,
+            l1_valid: AtomicBool::new(false),
+            health: Health::default(),
+        }))
+    }
+
+    /// A handle for the calling worker, with its own connection.
+    pub fn handle(self: &Arc<Self>) -> Arc<RedisStore> {
+        Arc::new(RedisStore {
+            conn: WorkerConn::new(self.target.clone(), self.connect_timeout),
+            shared: self.clone(),
+        })
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Drops every in-process session (the subscription went or came back).
+    fn flush_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate_all();
+        }
+    }
+
+    fn forget(&self, digest: &[u8; 16]) {
+        if let Some(l1) = &self.l1 {
+            // Synchronous enough: a later `get` never sees the entry.
+            let l1 = l1.clone();
+            let digest = *digest;
+            tokio::spawn(async move { l1.invalidate(&digest).await });
+        }
+    }
+}
+
+/// One worker's handle on the shared store.
+pub struct RedisStore {
+    shared: Arc<RedisShared>,
+    conn: WorkerConn,
+}
+
+/// What a failed command did to the request: Redis could not answer.
+fn unavailable(cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::StoreUnavailable(Some(Arc::new(cause)))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from Redis within {0:?}")]
+struct Timeout(Duration);
+
+impl RedisStore {
+    /// Runs a command (or a transaction) within `[redis].timeout`.
+    async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Result<T, Error> {
+        let shared = &self.shared;
+        let mut conn: AnyConn = match self.conn.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                shared.health.failed(op);
+                return Err(unavailable(e));
+            }
+        };
+        let sent = async {
+            match cmd {
+                Query::Cmd(c) => c.query_async::<T>(&mut conn).await,
+                Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
+            }
+        };
+        match tokio::time::timeout(shared.timeout, sent).await {
+            Ok(Ok(v)) => {
+                shared.health.ok();
+                Ok(v)
+            }
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType || e.kind() == redis::ErrorKind::Parse => {
+                // Redis answered, but not what was written: absent, logged.
+                shared.health.ok();
+                tracing::warn!(op, error = %e, "an answer from Redis has the wrong type; treated as absent");
+                Err(Error::Internal("unexpected answer from Redis".into()))
+            }
+            Ok(Err(e)) => {
+                self.conn.broken();
+                shared.health.failed(op);
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.conn.broken();
+                shared.health.failed(op);
+                Err(unavailable(Timeout(shared.timeout)))
+            }
+        }
+    }
+
+    /// A bulk-string value, or `None` for a missing key or one of another type.
+    async fn get_bytes(&self, op: &'static str, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        let value: Value = self.query(op, Query::Cmd(redis::cmd("GET").arg(name))).await?;
+        Ok(match value {
+            Value::BulkString(b) => Some(b),
+            Value::Nil => None,
+            other => {
+                tracing::warn!(op, kind = ?std::mem::discriminant(&other), "a stored value is not a string; treated as absent");
+                None
+            }
+        })
+    }
+
+    fn session_name(&self, token: &SessionToken) -> ([u8; 16], String) {
+        let keys = &self.shared.keys;
+        let digest = keys.digest(Kind::Session, &[token.as_bytes()]);
+        (digest, keys.name_of(Kind::Session, &digest))
+    }
+
+    async fn fetch(&self, token: &SessionToken, name: &str) -> Result<Option<Session>, Error> {
+        let Some(sealed) = self.get_bytes("get_session", name).await? else {
+            return Ok(None);
+        };
+        Ok(open_session(&self.shared.keys, token, name, &sealed))
+    }
+
+    async fn publish(&self, name: &str) -> Result<(), Error> {
+        let _: Value = self
+            .query(
+                "publish",
+                Query::Cmd(redis::cmd("PUBLISH").arg(&self.shared.channel).arg(name)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn user_index(&self, appid: &str, openid: &str) -> String {
+        self.shared
+            .keys
+            .name(Kind::UserIndex, &[appid.as_bytes(), openid.as_bytes()])
+    }
+}
+
+fn open_session(keys: &Keys, token: &SessionToken, name: &str, sealed: &[u8]) -> Option<Session> {
+    let opened = keys.open(Kind::Session, &[token.as_bytes()], name, sealed);
+    let session = opened
+        .ok()
+        .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok())
+        .and_then(Stored::session);
+    if session.is_none() {
+        tracing::warn!("a stored session does not open; treated as absent");
+    }
+    session
+}
+
+/// A command or a transaction.
+enum Query<'a> {
+    Cmd(&'a mut redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+/// Why a lookup found no session to cache (never cached: an absent session
+/// may be created a moment later, on another replica).
+#[derive(Debug, Clone)]
+enum Miss {
+    Absent,
+    Failed(Error),
+}
+
+impl SessionStore for RedisStore {
+    fn get(&self, token: &SessionToken) -> BoxFuture<'_, Result<Option<Session>, Error>> {
+        let token = *token;
+        async move {
+            let (digest, name) = self.session_name(&token);
+            let shared = &self.shared;
+            let ttl = shared.ttl.as_secs();
+            let live = |s: &Session| unix_now().saturating_sub(s.created_at()) < ttl;
+            let Some(l1) = shared.l1.as_ref().filter(|_| shared.l1_valid.load(Ordering::Acquire)) else {
+                return Ok(self.fetch(&token, &name).await?.filter(live));
+            };
+            let found = l1
+                .try_get_with(digest, async {
+                    match self.fetch(&token, &name).await {
+                        Ok(Some(s)) => Ok(s),
+                        Ok(None) => Err(Miss::Absent),
+                        Err(e) => Err(Miss::Failed(e)),
+                    }
+                })
+                .await;
+            match found {
+                Ok(s) => Ok(Some(s).filter(live)),
+                Err(miss) => match &*miss {
+                    Miss::Absent => Ok(None),
+                    Miss::Failed(e) => Err(e.clone()),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn insert(&self, token: &SessionToken, session: &Session) -> BoxFuture<'_, Result<(), Error>> {
+        let (token, session) = (*token, session.clone());
+        async move {
+            let shared = &self.shared;
+            let (digest, name) = self.session_name(&token);
+            let plain = serde_json::to_vec(&Stored::of(&session)).unwrap_or_default();
+            let sealed = shared.keys.seal(Kind::Session, &[token.as_bytes()], &name, &plain);
+            let expires_ms = (session.created_at() + shared.ttl.as_secs()) * 1000;
+            let index = self.user_index("", session.openid());
+            let _: Value = self
+                .query(
+                    "insert_session",
+                    Query::Cmd(redis::cmd("SET").arg(&name).arg(sealed).arg("PXAT").arg(expires_ms)),
+                )
+                .await?;
+            // The user's index: one key, so one transaction (and one slot).
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SADD")
+                .arg(&index)
+                .arg(&name)
+                .ignore()
+                // A new set has no expiry (NX sets one); a set's expiry
+                // only ever moves later (GT).
+                .cmd("PEXPIREAT")
+                .arg(&index)
+                .arg(expires_ms)
+                .arg("NX")
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(&index)
+                .arg(expires_ms)
+                .arg("GT")
+                .ignore();
+            let _: () = self.query("insert_session", Query::Pipe(&pipe)).await?;
+            shared.forget(&digest);
+            // Other replicas drop their copy (a phone was remembered, say).
+            self.publish(&name).await
+        }
+        .boxed()
+    }
+
+    fn revoke(&self, token: &SessionToken) -> BoxFuture<'_, Result<(), Error>> {
+        let token = *token;
+        async move {
+            let (digest, name) = self.session_name(&token);
+            let _: Value = self.query("revoke", Query::Cmd(redis::cmd("DEL").arg(&name))).await?;
+            self.shared.forget(&digest);
+            self.publish(&name).await
+        }
+        .boxed()
+    }
+
+    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>> {
+        let openid = openid.to_owned();
+        async move {
+            let index = self.user_index("", &openid);
+            let names: Vec<String> = self
+                .query("revoke_user", Query::Cmd(redis::cmd("SMEMBERS").arg(&index)))
+                .await?;
+            let mut revoked = 0;
+            for name in &names {
+                // One key per command: names may live on different cluster slots.
+                let deleted: u64 = self
+                    .query("revoke_user", Query::Cmd(redis::cmd("DEL").arg(name)))
+                    .await?;
+                revoked += deleted;
+                if let Some(digest) = self.shared.keys.digest_of(name) {
+                    self.shared.forget(&digest);
+                }
+                self.publish(name).await?;
+            }
+            let _: Value = self
+                .query("revoke_user", Query::Cmd(redis::cmd("DEL").arg(&index)))
+                .await?;
+            Ok(revoked)
+        }
+        .boxed()
+    }
+
+    fn record_key(&self, openid: &str, key: SessionKey) -> BoxFuture<'_, Result<(), Error>> {
+        let openid = openid.to_owned();
+        async move {
+            let shared = &self.shared;
+            let material: [&[u8]; 1] = [openid.as_bytes()];
+            let name = shared.keys.name(Kind::KeyHistory, &material);
+            let sealed = shared.keys.seal(Kind::KeyHistory, &material, &name, key.as_bytes());
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("LPUSH")
+                .arg(&name)
+                .arg(sealed)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(&name)
+                .arg(0)
+                .arg(2)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&name)
+                .arg(shared.previous_key_ttl.as_millis() as u64)
+                .ignore();
+            self.query("record_key", Query::Pipe(&pipe)).await
+        }
+        .boxed()
+    }
+
+    fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>> {
+        let openid = openid.to_owned();
+        async move {
+            let shared = &self.shared;
+            let material: [&[u8]; 1] = [openid.as_bytes()];
+            let name = shared.keys.name(Kind::KeyHistory, &material);
+            let sealed: Vec<Vec<u8>> = self
+                .query("recent_keys", Query::Cmd(redis::cmd("LRANGE").arg(&name).arg(0).arg(2)))
+                .await?;
+            let mut keys: Vec<SessionKey> = Vec::new();
+            for value in sealed {
+                match shared.keys.open(Kind::KeyHistory, &material, &name, &value) {
+                    Ok(bytes) => match <[u8; 16]>::try_from(bytes.as_slice()) {
+                        Ok(k) => {
+                            let k = SessionKey::from_bytes(k);
+                            if !keys.contains(&k) {
+                                keys.push(k);
+                            }
+                        }
+                        Err(_) => tracing::warn!("a stored session key has the wrong length; skipped"),
+                    },
+                    Err(_) => tracing::warn!("a stored session key does not open; skipped"),
+                }
+            }
+            Ok(keys)
+        }
+        .boxed()
+    }
+
+    fn login<'a>(
+        &'a self,
+        code: &'a str,
+        exchange: BoxFuture<'a, Result<Issued, Error>>,
+    ) -> BoxFuture<'a, Result<Login, Error>> {
+        async move {
+            let shared = &self.shared;
+            let material: [&[u8]; 1] = [code.as_bytes()];
+            let name = shared.keys.name(Kind::Code, &material);
+            let mut exchange = Some(exchange);
+            loop {
+                let taken: Value = self
+                    .query(
+                        "login",
+                        Query::Cmd(
+                            redis::cmd("SET")
+                                .arg(&name)
+                                .arg(PENDING)
+                                .arg("NX")
+                                .arg("PX")
+                                .arg(shared.code_lock.as_millis() as u64),
+                        ),
+                    )
+                    .await?;
+                if taken != Value::Nil {
+                    // This replica calls WeChat; the others wait for the outcome.
+                    let Some(exchange) = exchange.take() else {
+                        return Err(Error::Internal("a login exchange ran twice".into()));
+                    };
+                    let result = exchange.await;
+                    let outcome = match &result {
+                        Ok(issued) => Some(CodeOutcome::Issued {
+                            token: URL_SAFE_NO_PAD.encode(issued.token.as_bytes()),
+                            session: Stored::of(&issued.session),
+                        }),
+                        Err(Error::WeixinInvalidCode { errcode }) => Some(CodeOutcome::Refused { errcode: *errcode }),
+                        Err(Error::UserBlocked) => Some(CodeOutcome::Refused { errcode: 40226 }),
+                        Err(_) => None,
+                    };
+                    let mut cmd = match outcome {
+                        Some(outcome) => {
+                            let plain = serde_json::to_vec(&outcome).unwrap_or_default();
+                            let sealed = shared.keys.seal(Kind::Code, &material, &name, &plain);
+                            let mut c = redis::cmd("SET");
+                            c.arg(&name)
+                                .arg(sealed)
+                                .arg("PX")
+                                .arg(shared.code_ttl.as_millis() as u64);
+                            c
+                        }
+                        // Busy, unreachable: let the next try call WeChat.
+                        None => {
+                            let mut c = redis::cmd("DEL");
+                            c.arg(&name);
+                            c
+                        }
+                    };
+                    if let Err(e) = self.query::<Value>("login", Query::Cmd(&mut cmd)).await {
+                        tracing::warn!(error = %e.chain(), "cannot record a login code's outcome");
+                    }
+                    return result.map(|issued| Login { issued, fresh: true });
+                }
+                let deadline = tokio::time::Instant::now() + shared.code_lock + CODE_POLL;
+                loop {
+                    tokio::time::sleep(CODE_POLL).await;
+                    match self.get_bytes("login", &name).await? {
+                        Some(v) if v == PENDING => {}
+                        Some(sealed) => return self.code_outcome(&material, &name, &sealed),
+                        // The lock went (a failed exchange): try to take it.
+                        None => break,
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>> {
+        async move {
+            let name = self.shared.keys.name(Kind::RefreshLock, &[b""]);
+            let taken: Value = self
+                .query(
+                    "claim_force_refresh",
+                    Query::Cmd(
+                        redis::cmd("SET")
+                            .arg(&name)
+                            .arg(1)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(FORCE_REFRESH_EVERY.as_millis() as u64),
+                    ),
+                )
+                .await?;
+            Ok(taken != Value::Nil)
+        }
+        .boxed()
+    }
+
+    fn count(&self) -> BoxFuture<'_, Option<u64>> {
+        // Redis holds other keys too; counting sessions would be a scan.
+        async { None }.boxed()
+    }
+}
+
+impl RedisStore {
+    fn code_outcome(&self, material: &[&[u8]], name: &str, sealed: &[u8]) -> Result<Login, Error> {
+        let keys = &self.shared.keys;
+        let outcome = keys
+            .open(Kind::Code, material, name, sealed)
+            .ok()
+            .and_then(|plain| serde_json::from_slice::<CodeOutcome>(&plain).ok());
+        match outcome {
+            Some(CodeOutcome::Issued { token, session }) => {
+                let token = SessionToken::parse(token.as_bytes());
+                match (token, session.session()) {
+                    (Some(token), Some(session)) => Ok(Login {
+                        issued: Issued { token, session },
+                        fresh: false,
+                    }),
+                    _ => Err(Error::Internal("a stored login outcome does not open".into())),
+                }
+            }
+            Some(CodeOutcome::Refused { errcode }) => {
+                Err(crate::weixin::client::errcode_error(errcode, &serde_json::Value::Null))
+            }
+            None => {
+                tracing::warn!("a stored login outcome does not open");
+                Err(Error::Internal("a stored login outcome does not open".into()))
+            }
+        }
+    }
+}
+
+/// Listens for revocations on `<prefix>revoked` until `stop`, keeping the
+/// in-process cache honest (see the module docs). Runs on its own thread.
+pub async fn subscriber(shared: Arc<RedisShared>, stop: tokio_util::sync::CancellationToken) {
+    use futures_util::StreamExt;
+    let mut seed = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let client = shared.target.plain_client(seed).await?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&shared.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(shared.connect_timeout * 2, connected) => r,
+        };
+        match pubsub {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(100);
+                // Whatever was missed while away is forgotten, then the
+                // cache may serve again.
+                shared.flush_l1();
+                shared.l1_valid.store(true, Ordering::Release);
+                tracing::info!("listening for session revocations");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(msg) => {
+                                let name: String = msg.get_payload().unwrap_or_default();
+                                if let Some(digest) = shared.keys.digest_of(&name) && let Some(l1) = &shared.l1 {
+                                    l1.invalidate(&digest).await;
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                shared.l1_valid.store(false, Ordering::Release);
+                shared.flush_l1();
+                tracing::warn!(
+                    "the revocation subscription dropped; the in-process session cache is off until it is back"
+                );
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to session revocations"),
+            Err(_) => tracing::debug!("subscribing to session revocations timed out"),
+        }
+        seed += 1;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

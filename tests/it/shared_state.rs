@@ -1,0 +1,386 @@
+//! Shared state on Redis, against real `redis-server` processes: two wxgate
+//! replicas sharing one store, restarts, a store that stops answering, what
+//! the store holds at rest, Redis Cluster, Sentinel and TLS.
+
+use crate::common::redis::{RedisCluster, RedisSentinel, RedisServer};
+use crate::common::*;
+use wxgate::config::{RedisMode, Secret, StoreKind};
+
+const REDIS_SECRET: &str = "a-redis-secret-for-tests-0123456789abcdef";
+
+/// Configures a gate for the store at `url`.
+fn on_redis(url: &str) -> impl FnOnce(&mut wxgate::Config) + use<> {
+    let url = url.to_owned();
+    move |c| {
+        c.session.store = StoreKind::Redis;
+        c.redis.url = url;
+        c.redis.secret = Secret::new(REDIS_SECRET);
+        c.redis.timeout = HumanDuration(Duration::from_millis(300));
+    }
+}
+
+fn openid_of(r: &Received) -> Option<String> {
+    r.headers.get("x-wx-openid").map(|v| v.to_str().unwrap().to_owned())
+}
+
+fn mint(fake: &FakeWeixin, user: &str, phone: &str) -> Value {
+    let m = fake
+        .mint_phone(&MintRequest {
+            user: user.into(),
+            phone_number: phone.into(),
+            pure_phone_number: phone.into(),
+            country_code: "86".into(),
+            appid: None,
+            timestamp: None,
+        })
+        .unwrap();
+    json!({"encryptedData": m.encrypted_data, "iv": m.iv})
+}
+
+/// Two replicas on one Redis: a login on one is known to the other, with
+/// its key; a retried login costs no second WeChat call; the seed's race
+/// (data made just before a re-login elsewhere) still decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_sessions_codes_and_keys() {
+    let redis = RedisServer::start();
+    let a = gate(on_redis(&redis.url())).await;
+    let b = replica_of(&a, on_redis(&redis.url())).await;
+
+    // Login on A, identity on B.
+    let token = a.login("alice.1").await;
+    assert_eq!(b.get("/me", Some(&token)).await.status, 200);
+    assert_eq!(openid_of(&b.upstream.last()), Some(FakeWeixin::openid_for("alice")));
+
+    // Phone on B with data encrypted under the key of the login on A.
+    let a2 = b
+        .post("/api/phone", Some(&token), mint(&a.fake, "alice", "13800000001"))
+        .await;
+    assert_eq!(a2.status, 200, "{}", a2.text());
+    assert_eq!(values(&b.upstream.last().headers, "x-wx-phone-number"), ["13800000001"]);
+
+    // The seed's race across replicas: data minted, then a re-login on B
+    // (carrying the session from A) replaces the key; A still decrypts.
+    let before_relogin = mint(&a.fake, "alice", "13800000002");
+    let relogin = b.post("/api/login", Some(&token), json!({"code": "alice.2"})).await;
+    assert_eq!(relogin.status, 200, "{}", relogin.text());
+    let token2 = relogin.session().unwrap();
+    let a3 = a.post("/api/phone", Some(&token2), before_relogin).await;
+    assert_eq!(a3.status, 200, "{}", a3.text());
+    assert_eq!(values(&a.upstream.last().headers, "x-wx-phone-number"), ["13800000002"]);
+
+    // A retried login on B after A answered: the same token, one WeChat call.
+    let calls = a.fake.calls(Api::Jscode2Session);
+    let first = a.login("bob.1").await;
+    let again = b.login("bob.1").await;
+    assert_eq!(first, again);
+    assert_eq!(a.fake.calls(Api::Jscode2Session), calls + 1);
+
+    // Concurrent identical logins on A and B: one WeChat call, one session.
+    let calls = a.fake.calls(Api::Jscode2Session);
+    let (x, y) = tokio::join!(a.login("slow:300:carol.1"), b.login("slow:300:carol.1"));
+    assert_eq!(x, y);
+    assert_eq!(a.fake.calls(Api::Jscode2Session), calls + 1);
+    finish(a).await;
+    finish(b).await;
+}
+
+/// A logout on one replica ends the session on every replica, also where
+/// it sits in the in-process cache (kept for an hour here, so only the
+/// revocation message can clear it); so does the admin's revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_every_replica() {
+    let redis = RedisServer::start();
+    let long_l1 = |url: String| {
+        move |c: &mut wxgate::Config| {
+            on_redis(&url)(c);
+            c.redis.l1_ttl = HumanDuration(Duration::from_secs(3600));
+        }
+    };
+    let a = gate(long_l1(redis.url())).await;
+    let b = replica_of(&a, long_l1(redis.url())).await;
+    // Both replicas listen before anything is cached.
+    assert!(eventually(async || logs().matches("listening for session revocations").count() >= 2).await);
+
+    let token = a.login("dora.1").await;
+    b.get("/warm", Some(&token)).await;
+    assert_eq!(openid_of(&b.upstream.last()), Some(FakeWeixin::openid_for("dora")));
+    assert_eq!(a.post("/api/logout", Some(&token), json!({})).await.status, 200);
+    assert!(
+        eventually(async || {
+            b.get("/after-logout", Some(&token)).await;
+            openid_of(&b.upstream.last()).is_none()
+        })
+        .await,
+        "B still honours a session A logged out"
+    );
+
+    // The admin ends every session of a user, on every replica.
+    let t1 = a.login("eve.1").await;
+    let t2 = b.login("eve.2").await;
+    for (gate, token) in [(&a, &t1), (&b, &t2), (&b, &t1), (&a, &t2)] {
+        gate.get("/warm", Some(token)).await;
+        assert!(openid_of(&gate.upstream.last()).is_some());
+    }
+    let url = format!("http://{}/sessions?openid={}", b.admin, FakeWeixin::openid_for("eve"));
+    let revoked = send(Request::delete(url).body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(revoked.json()["revoked"], 2, "{}", revoked.text());
+    for (gate, token) in [(&a, &t1), (&a, &t2), (&b, &t1), (&b, &t2)] {
+        assert!(
+            eventually(async || {
+                gate.get("/after-ban", Some(token)).await;
+                openid_of(&gate.upstream.last()).is_none()
+            })
+            .await
+        );
+    }
+    finish(a).await;
+    finish(b).await;
+}
+
+/// A restart (every deploy) logs nobody out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_every_session() {
+    let redis = RedisServer::start();
+    let mut a = gate(on_redis(&redis.url())).await;
+    let tokens = [a.login("u1.1").await, a.login("u2.1").await, a.login("u3.1").await];
+    a.stop().await;
+    let b = replica_of(&a, on_redis(&redis.url())).await;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(b.get("/again", Some(token)).await.status, 200);
+        assert_eq!(
+            openid_of(&b.upstream.last()),
+            Some(FakeWeixin::openid_for(&format!("u{}", i + 1)))
+        );
+    }
+    finish(b).await;
+}
+
+/// A store that stops answering never makes a logged-in user anonymous:
+/// 503 `session_store_unavailable`, nothing forwarded; requests without a
+/// token pass; wxgate comes back by itself when Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_store_is_a_503_never_an_anonymous_forward() {
+    let mut redis = RedisServer::start();
+    let a = gate(on_redis(&redis.url())).await;
+    let b = replica_of(&a, on_redis(&redis.url())).await;
+    let fresh = [a.login("f1.1").await, a.login("f2.1").await];
+
+    for outage in ["paused", "killed"] {
+        match outage {
+            "paused" => redis.pause(),
+            _ => redis.kill(),
+        }
+        let token = if outage == "paused" { &fresh[0] } else { &fresh[1] };
+        let before = b.upstream.count();
+        // B has never seen this token: only Redis could answer.
+        let res = b.get("/needs-a-session", Some(token)).await;
+        res.assert_error(503, "session_store_unavailable");
+        assert!(res.headers.contains_key(header::RETRY_AFTER));
+        assert_eq!(b.upstream.count(), before, "{outage}: forwarded without its identity");
+        b.post("/api/login", None, json!({"code": "newbie.1"}))
+            .await
+            .assert_error(503, "session_store_unavailable");
+        // Anonymous traffic does not need the store.
+        assert_eq!(b.get("/public", None).await.status, 200);
+        let ready = b.admin_get("/readyz").await;
+        assert_eq!(ready.status, 200, "one store's outage does not take every replica out");
+        assert_eq!(ready.json()["session_store"], "unavailable");
+        let metrics = b.admin_get("/metrics").await.text();
+        assert_eq!(metric_value(&metrics, "wxgate_session_store_up"), Some(0.0), "{outage}");
+
+        match outage {
+            "paused" => redis.resume(),
+            _ => redis.restart(),
+        }
+        if outage == "paused" {
+            // Back by itself: no restart of wxgate.
+            assert!(
+                eventually(async || {
+                    let res = b.get("/back", Some(token)).await;
+                    res.status == 200 && openid_of(&b.upstream.last()).is_some()
+                })
+                .await,
+                "{outage}: the session did not come back"
+            );
+        } else {
+            // A killed Redis without persistence lost its data: the store
+            // answers again, and the token is simply unknown now.
+            assert!(
+                eventually(async || {
+                    let res = b.get("/back", Some(token)).await;
+                    res.status == 200 && openid_of(&b.upstream.last()).is_none()
+                })
+                .await,
+                "{outage}: the store did not come back"
+            );
+            assert_eq!(b.login("reborn.1").await.len(), 22);
+        }
+        assert_eq!(b.admin_get("/readyz").await.json()["session_store"], "ok");
+    }
+    finish(a).await;
+    finish(b).await;
+}
+
+/// Nothing readable at rest: after logins, a phone remembered and a key
+/// history, no key or value holds a token, a session_key, an openid, a
+/// unionid or a phone number, in any of the forms they travel in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_readable_at_rest() {
+    let redis = RedisServer::start();
+    let a = gate(|c| {
+        on_redis(&redis.url())(c);
+        c.phone.remember = true;
+    })
+    .await;
+    let token = a.login("unionzed.1").await;
+    let relogin = a.post("/api/login", Some(&token), json!({"code": "unionzed.2"})).await;
+    let token2 = relogin.session().unwrap();
+    let phone = a
+        .post("/api/phone", Some(&token2), mint(&a.fake, "unionzed", "13912345678"))
+        .await;
+    assert_eq!(phone.status, 200, "{}", phone.text());
+    let key = a.fake.session_key("unionzed").unwrap();
+
+    let mut secrets: Vec<Vec<u8>> = vec![
+        token.clone().into_bytes(),
+        token2.clone().into_bytes(),
+        key.to_base64().into_bytes(),
+        key.as_bytes().to_vec(),
+        FakeWeixin::openid_for("unionzed").into_bytes(),
+        b"UFAKEunionzed".to_vec(),
+        b"13912345678".to_vec(),
+        b"unionzed".to_vec(),
+    ];
+    for t in [&token, &token2] {
+        use base64::Engine;
+        secrets.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).unwrap());
+    }
+    let keys = redis.command(&["KEYS", "*"]);
+    let names: Vec<String> = keys
+        .lines()
+        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 4, "sessions, an index, a key history, codes: {names:?}");
+    for name in &names {
+        let kind = redis.command(&["TYPE", name]);
+        let dump = redis.command_bytes(&[b"DUMP", name.as_bytes()]);
+        let value = match kind.trim() {
+            "+string" => redis.command_bytes(&[b"GET", name.as_bytes()]),
+            "+list" => redis.command_bytes(&[b"LRANGE", name.as_bytes(), b"0", b"-1"]),
+            "+set" => redis.command_bytes(&[b"SMEMBERS", name.as_bytes()]),
+            other => panic!("{name}: unexpected type {other}"),
+        };
+        for secret in &secrets {
+            for haystack in [name.as_bytes(), &dump, &value] {
+                assert!(
+                    !haystack.windows(secret.len()).any(|w| w == secret.as_slice()),
+                    "{name} holds {:?}",
+                    String::from_utf8_lossy(secret)
+                );
+            }
+        }
+    }
+    finish(a).await;
+}
+
+/// Redis Cluster (three masters): every key is one slot, so everything works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let on_cluster = |seeds: String| {
+        move |c: &mut wxgate::Config| {
+            on_redis(&seeds)(c);
+            c.redis.mode = RedisMode::Cluster;
+            c.phone.remember = true;
+        }
+    };
+    let a = gate(on_cluster(cluster.seed_list())).await;
+    let b = replica_of(&a, on_cluster(cluster.seed_list())).await;
+    let tokens: Vec<String> = futures_util::future::join_all((0..12).map(|i| a.login_owned(format!("c{i}.1")))).await;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(b.get("/me", Some(token)).await.status, 200);
+        assert_eq!(
+            openid_of(&b.upstream.last()),
+            Some(FakeWeixin::openid_for(&format!("c{i}")))
+        );
+    }
+    // Keys landed on more than one node.
+    let per_node: Vec<i64> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.query(&["DBSIZE"]).as_int().unwrap_or(0))
+        .collect();
+    assert!(per_node.iter().filter(|n| **n > 0).count() >= 2, "{per_node:?}");
+    // A retried login, a remembered phone, a logout.
+    assert_eq!(b.login("c0.1").await, tokens[0]);
+    let p = b
+        .post("/api/phone", Some(&tokens[1]), mint(&a.fake, "c1", "13700000001"))
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    a.get("/remembered", Some(&tokens[1])).await;
+    assert_eq!(values(&a.upstream.last().headers, "x-wx-phone-number"), ["13700000001"]);
+    assert_eq!(b.post("/api/logout", Some(&tokens[2]), json!({})).await.status, 200);
+    assert!(
+        eventually(async || {
+            a.get("/gone", Some(&tokens[2])).await;
+            openid_of(&a.upstream.last()).is_none()
+        })
+        .await
+    );
+    finish(a).await;
+    finish(b).await;
+}
+
+/// Redis Sentinel: the master is found through the sentinels, and after a
+/// failover wxgate follows the new master by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_finds_the_master_and_follows_a_failover() {
+    let mut sentinel = RedisSentinel::start();
+    let urls = sentinel.sentinel_urls().join(",");
+    let master = sentinel.master_name().to_owned();
+    let on_sentinel = |urls: String, master: String| {
+        move |c: &mut wxgate::Config| {
+            on_redis(&urls)(c);
+            c.redis.mode = RedisMode::Sentinel;
+            c.redis.master_name = master;
+        }
+    };
+    let a = gate(on_sentinel(urls.clone(), master.clone())).await;
+    let b = replica_of(&a, on_sentinel(urls, master)).await;
+    let token = a.login("sent.1").await;
+    assert_eq!(b.get("/me", Some(&token)).await.status, 200);
+    assert_eq!(openid_of(&b.upstream.last()), Some(FakeWeixin::openid_for("sent")));
+
+    let old = sentinel.master().port();
+    sentinel.master_mut().kill();
+    let new = sentinel.wait_for_new_master(Duration::from_secs(30));
+    assert_ne!(new, old);
+    // New logins work on the new master, found through the sentinels again.
+    assert!(
+        eventually(async || b.post("/api/login", None, json!({"code": "after.1"})).await.status == 200).await,
+        "no login after the failover"
+    );
+    finish(a).await;
+    finish(b).await;
+}
+
+/// `rediss://` with the server's CA from `[redis].tls_ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let ca = redis.ca_file().unwrap().display().to_string();
+    let with_tls = |url: String, ca: String| {
+        move |c: &mut wxgate::Config| {
+            on_redis(&url)(c);
+            c.redis.tls_ca_file = ca;
+        }
+    };
+    let a = gate(with_tls(redis.url(), ca.clone())).await;
+    let b = replica_of(&a, with_tls(redis.url(), ca)).await;
+    let token = a.login("tls.1").await;
+    assert_eq!(b.get("/me", Some(&token)).await.status, 200);
+    assert_eq!(openid_of(&b.upstream.last()), Some(FakeWeixin::openid_for("tls")));
+    finish(a).await;
+    finish(b).await;
+}
