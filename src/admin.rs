@@ -4,9 +4,10 @@
 //! - `GET /readyz`: 200 once every worker serves, 503 while starting and
 //!   from the moment shutdown begins (so a load balancer stops sending);
 //! - `GET /metrics`: Prometheus text format, every name prefixed `wxgate_`;
-//! - `DELETE /sessions?openid=...`: ends every session of a user, on every
-//!   worker (and replica, with a shared store): for account bans and leaked
-//!   keys. Answers `{"revoked": n}`.
+//! - `DELETE /sessions?openid=...[&app=<name>]`: ends every session of a
+//!   user (of one app, or of every app), on every worker (and replica, with
+//!   a shared store): for account bans and leaked keys. Answers
+//!   `{"revoked": n}`.
 //!
 //! Errors are wxgate's JSON errors, made by [`Error::into_response`].
 
@@ -122,14 +123,27 @@ async fn answer(req: Request<Incoming>, shared: &Shared, store: &dyn SessionStor
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render()))
         }
         "/sessions" if req.method() == Method::DELETE => {
-            let openid = req
-                .uri()
-                .query()
-                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "openid"))
-                .map(|(_, v)| v.into_owned())
+            let param = |name: &str| {
+                req.uri()
+                    .query()
+                    .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name))
+                    .map(|(_, v)| v.into_owned())
+            };
+            let openid = param("openid")
                 .filter(|o| crate::headers::visible_ascii(o, 128))
-                .ok_or_else(|| Error::invalid("DELETE /sessions?openid=<the user's openid>"))?;
-            let revoked = store.revoke_user(&openid).await?;
+                .ok_or_else(|| Error::invalid("DELETE /sessions?openid=<the user's openid>[&app=<name>]"))?;
+            let all = shared.apps.all();
+            let apps: Vec<_> = match param("app") {
+                None => all.iter().collect(),
+                Some(name) => match all.iter().find(|a| a.name == name) {
+                    Some(app) => vec![app],
+                    None => return Err(Error::invalid(format!("app={name:?} names no configured app"))),
+                },
+            };
+            let mut revoked = 0;
+            for app in apps {
+                revoked += store.revoke_user(app, &openid).await?;
+            }
             tracing::info!(revoked, "admin: revoked a user's sessions");
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": revoked})))
         }

@@ -1,6 +1,8 @@
 //! `wxgate demo`: wxgate, the fake WeChat and a small echo backend in one
 //! process, on local ports, walking through what a mini program does and
-//! printing what the backend receives at each step. Needs no WeChat account.
+//! printing what the backend receives at each step, with two mini programs
+//! (a shop, the default, and a staff app under `/staff`). Needs no WeChat
+//! account.
 
 use bytes::Bytes;
 use http::{Method, Request, header};
@@ -16,6 +18,9 @@ use crate::server::Listeners;
 
 const APPID: &str = "wxd0000000000demo";
 const SECRET: &str = "demo-secret";
+/// A second mini program, the staff app, selected by the path prefix /staff.
+const STAFF_APPID: &str = "wxd000000000staff";
+const STAFF_SECRET: &str = "staff-secret";
 
 type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,7 +34,7 @@ pub fn run() -> Result<(), DemoError> {
 }
 
 async fn walk() -> Result<(), DemoError> {
-    let fake = FakeWeixin::new(APPID, SECRET);
+    let fake = FakeWeixin::with_apps([(APPID.into(), SECRET.into()), (STAFF_APPID.into(), STAFF_SECRET.into())]);
     let fake_addr = fake.spawn_local().await?;
     let backend = EchoBackend::spawn_local().await?.addr;
 
@@ -38,6 +43,15 @@ async fn walk() -> Result<(), DemoError> {
     config.weixin.appid = APPID.into();
     config.weixin.secret = Secret::new(SECRET);
     config.weixin.api_base = format!("http://{fake_addr}");
+    config.apps.insert(
+        "staff".into(),
+        crate::config::AppConfig {
+            appid: STAFF_APPID.into(),
+            secret: Secret::new(STAFF_SECRET),
+            hosts: Vec::new(),
+            path_prefix: "/staff".into(),
+        },
+    );
     config.server.workers = 1;
     config.validate()?;
     let listeners = Listeners::bind("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?, 1)?;
@@ -119,6 +133,7 @@ async fn walk() -> Result<(), DemoError> {
         pure_phone_number: "13800138000".into(),
         country_code: "86".into(),
         appid: None,
+        watermark_appid: None,
         timestamp: None,
     })?;
     let body = json!({"encryptedData": minted.encrypted_data, "iv": minted.iv});
@@ -144,6 +159,38 @@ async fn walk() -> Result<(), DemoError> {
     let (status, _, json) = send(Method::POST, "/api/phone", None, None, Some(json!({"code": "phone:1"}))).await?;
     println!("   {status} {json}\n");
     check(status == 401, "the phone route answered without a session")?;
+
+    println!(
+        "7. A second mini program, the staff app (path_prefix = \"/staff\"):  POST /staff/api/login {{\"code\": \"bob.1\"}}"
+    );
+    let (_, staff_session, json) = send(
+        Method::POST,
+        "/staff/api/login",
+        None,
+        None,
+        Some(json!({"code": "bob.1"})),
+    )
+    .await?;
+    let staff_session = staff_session.ok_or("the staff login answer carries no session header")?;
+    println!("   wxgate exchanged the code with the staff app's credentials");
+    show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-appid") == Some(STAFF_APPID),
+        "the staff login did not carry the staff app's AppID",
+    )?;
+    let (_, _, json) = send(Method::GET, "/staff/api/tasks", Some(&staff_session), None, None).await?;
+    check(
+        backend_header(&json, "x-wx-appid") == Some(STAFF_APPID),
+        "the staff session did not give the staff identity",
+    )?;
+
+    println!("8. The shop's session on a staff path is not honoured:  GET /staff/api/tasks with alice's session");
+    let (_, _, json) = send(Method::GET, "/staff/api/tasks", Some(&session), None, None).await?;
+    show_backend(&json);
+    check(
+        backend_header(&json, "x-wx-openid").is_none(),
+        "a shop session opened a staff path",
+    )?;
 
     running.shutdown_now();
     running.stopped().await;

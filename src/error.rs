@@ -52,6 +52,8 @@ pub enum Error {
     NonCanonicalPath { what: &'static str, canonical: Box<str> },
     #[error("this path needs a live session: log in (wx.login) and send the session header")]
     SessionRequired,
+    #[error("no configured mini program matches this request's host, path or Referer, and there is no default app")]
+    UnknownApp,
     #[error("this path needs a phone number: tap the getPhoneNumber button first")]
     PhoneRequired,
     #[error("the data could not be decrypted with this user's session key: call wx.login and try again")]
@@ -139,6 +141,7 @@ impl Error {
             | NotFound(_)
             | NonCanonicalPath { .. }
             | SessionRequired
+            | UnknownApp
             | PhoneRequired
             | DecryptFailed
             | WatermarkMismatch
@@ -179,6 +182,7 @@ impl Error {
             NonCanonicalPath { .. } => "non_canonical_path",
             WeixinInvalidCode { .. } => "invalid_code",
             SessionRequired => "session_required",
+            UnknownApp => "unknown_app",
             PhoneRequired => "phone_required",
             DecryptFailed => "decrypt_failed",
             WatermarkMismatch => "watermark_mismatch",
@@ -208,7 +212,7 @@ impl Error {
         use Error::*;
         match self {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            InvalidRequest(_) | ClientBody | NonCanonicalPath { .. } => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | ClientBody | NonCanonicalPath { .. } | UnknownApp => StatusCode::BAD_REQUEST,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             NotFound(_) => StatusCode::NOT_FOUND,
             ClientTimeout => StatusCode::REQUEST_TIMEOUT,

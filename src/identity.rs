@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::headers::Forbidden;
 use crate::metrics;
@@ -81,12 +82,13 @@ pub struct Render {
     forbidden: Forbidden,
     /// The session header in every spelling, for the backend's answers.
     session_spellings: Forbidden,
-    appid: HeaderValue,
+    /// Each app's AppID as a header value, by app index.
+    appids: Box<[HeaderValue]>,
     remember_phone: bool,
 }
 
 impl Render {
-    pub fn new(config: &Config) -> Arc<Self> {
+    pub fn new(config: &Config, apps: &Apps) -> Arc<Self> {
         let h = &config.headers;
         let owned = h
             .injected()
@@ -98,7 +100,7 @@ impl Render {
             names: HeaderNames::new(config),
             forbidden: Forbidden::new(h.strip_prefixes.iter().map(String::as_str), owned),
             session_spellings: Forbidden::new([], [config.session.header.as_str()]),
-            appid: HeaderValue::from_str(&config.weixin.appid).unwrap_or(HeaderValue::from_static("")),
+            appids: apps.all().iter().map(|a| a.appid_value.clone()).collect(),
             remember_phone: config.phone.remember,
         })
     }
@@ -132,15 +134,19 @@ impl Render {
     }
 
     fn write_identity(&self, headers: &mut HeaderMap, session: &Session) {
-        let Ok(openid) = HeaderValue::from_str(session.openid()) else {
-            // Login refuses such openids; never forward half an identity.
+        // Login refuses such openids, and a store never hands out a session
+        // of an app that is not configured; never forward half an identity.
+        let (Ok(openid), Some(appid)) = (
+            HeaderValue::from_str(session.openid()),
+            self.appids.get(usize::from(session.app())),
+        ) else {
             return;
         };
         headers.insert(&self.names.openid, openid);
         if let Some(unionid) = session.unionid().and_then(|u| HeaderValue::from_str(u).ok()) {
             headers.insert(&self.names.unionid, unionid);
         }
-        headers.insert(&self.names.appid, self.appid.clone());
+        headers.insert(&self.names.appid, appid.clone());
     }
 
     fn write_phone(&self, headers: &mut HeaderMap, phone: &PhoneNumber) {
@@ -178,6 +184,10 @@ mod tests {
         c
     }
 
+    fn make(c: &Config) -> Arc<Render> {
+        Render::new(c, &Apps::new(c))
+    }
+
     fn phone(n: &str) -> PhoneNumber {
         PhoneNumber {
             phone_number: n.into(),
@@ -207,7 +217,7 @@ mod tests {
 
     #[test]
     fn an_anonymous_request_keeps_nothing_of_wxgates() {
-        let render = Render::new(&config(false));
+        let render = make(&config(false));
         let mut req = forged();
         render.apply(&mut req);
         assert_eq!(names(&req), ["accept"]);
@@ -215,7 +225,7 @@ mod tests {
 
     #[test]
     fn an_identity_is_written_and_only_it() {
-        let render = Render::new(&config(true));
+        let render = make(&config(true));
         let session = Session::new("oUSER", Some("uUNION"), SessionKey::random(), 0);
         let mut req = forged();
         req.extensions_mut().insert(Identity {
@@ -240,7 +250,7 @@ mod tests {
             (false, None, None),
             (false, Some("13800000002"), Some("13800000002")),
         ] {
-            let render = Render::new(&config(remember));
+            let render = make(&config(remember));
             let mut req = forged();
             req.extensions_mut().insert(Identity {
                 token: None,
@@ -259,8 +269,38 @@ mod tests {
     }
 
     #[test]
+    fn the_appid_written_is_the_sessions_apps() {
+        let mut c = config(false);
+        c.apps.insert(
+            "staff".into(),
+            crate::config::AppConfig {
+                appid: "wxstaff000000001".into(),
+                ..Default::default()
+            },
+        );
+        let render = make(&c);
+        let session = Session::new("oUSER", None, SessionKey::random(), 0);
+        for (app, want) in [
+            (0, Some("wx4f4bc4dec97d474b")),
+            (1, Some("wxstaff000000001")),
+            (7, None),
+        ] {
+            let mut req = forged();
+            req.extensions_mut().insert(Identity {
+                token: None,
+                session: session.clone().in_app(app),
+            });
+            render.apply(&mut req);
+            let h = req.headers();
+            assert_eq!(h.get("x-wx-appid").map(|v| v.to_str().unwrap()), want, "app {app}");
+            // An app that is not configured gets no half identity.
+            assert_eq!(h.get("x-wx-openid").is_some(), want.is_some());
+        }
+    }
+
+    #[test]
     fn the_backends_session_header_is_removed_in_every_spelling() {
-        let render = Render::new(&config(false));
+        let render = make(&config(false));
         let mut h = HeaderMap::new();
         h.insert("x-wx-session", "stolen".parse().unwrap());
         h.insert("X_WX_SESSION", "stolen".parse().unwrap());

@@ -15,6 +15,7 @@
 pub(crate) mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
+pub mod apps;
 pub(crate) mod body;
 pub mod config;
 pub mod demo;
@@ -95,7 +96,7 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
     let config = &*shared.config;
     // This worker's own handle: a shared store's connection lives here.
     let store = shared.stores.handle();
-    let render = Render::new(config);
+    let render = Render::new(config, &shared.apps);
     let weixin = WeixinClient::new(&config.weixin)?;
     let proxy = Proxy::new(&config.upstream, config.server.body_read_timeout.get(), render.clone())?;
     let session_header = render.names().session.clone();
@@ -104,6 +105,7 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
         access: crate::routes::Access::new(config),
         login: Login::new(
             config,
+            shared.apps.clone(),
             store.clone(),
             weixin.clone(),
             session_header.clone(),
@@ -111,9 +113,9 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
         ),
         phone: Phone::new(
             config,
+            shared.apps.clone(),
             store.clone(),
             weixin,
-            shared.tokens.clone(),
             shared.phone_limit.clone(),
         ),
         logout: Logout::new(config.login.mode, store.clone()),
@@ -126,7 +128,7 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
         // 3. Errors become JSON answers here, and are logged here, once.
         .layer(ErrorsLayer)
         // 4. A live session token becomes the request's Identity (data).
-        .layer(SessionLayer::new(store, session_header))
+        .layer(SessionLayer::new(store, session_header, shared.apps.clone()))
         // 5. Host rules and route spellings; then login, phone, logout, or
         //    the backend. Right before a request leaves, the proxy strips
         //    every client copy of wxgate's headers and writes the identity.

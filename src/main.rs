@@ -63,12 +63,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9911")]
         listen: SocketAddr,
-        /// The AppID the fake accepts.
-        #[arg(long, default_value = "wx0000000000fake00")]
-        appid: String,
-        /// The AppSecret the fake accepts.
+        /// The AppID the fake accepts (wx0000000000fake00 when neither it nor --app is given).
+        #[arg(long)]
+        appid: Option<String>,
+        /// The AppSecret of --appid.
         #[arg(long, default_value = "fake-secret", env = "WXGATE_FAKE_SECRET")]
         secret: String,
+        /// One more mini program, as APPID:SECRET (repeatable); the first app the fake knows
+        /// (--appid, else the first --app) is the default of /__fake/mint.
+        #[arg(long = "app", value_name = "APPID:SECRET", value_parser = parse_fake_app)]
+        apps: Vec<(String, String)>,
     },
     /// Run wxgate, the fake WeChat and an echo backend in one process and walk
     /// through login, an authenticated request and a phone number.
@@ -118,9 +122,19 @@ fn main() -> ExitCode {
             eprintln!("--config applies to run, check and config only");
             ExitCode::FAILURE
         }
-        Some(Command::FakeWeixin { listen, appid, secret }) => {
+        Some(Command::FakeWeixin {
+            listen,
+            appid,
+            secret,
+            apps,
+        }) => {
             let _guard = init_logging(cli.log_format, "info");
-            fake_weixin(*listen, appid, secret)
+            let first = match (appid, apps.is_empty()) {
+                (Some(appid), _) => Some((appid.clone(), secret.clone())),
+                (None, true) => Some(("wx0000000000fake00".to_owned(), secret.clone())),
+                (None, false) => None,
+            };
+            fake_weixin(*listen, first.into_iter().chain(apps.iter().cloned()).collect())
         }
         Some(Command::Healthcheck { url }) => healthcheck(url),
         Some(Command::Demo) => {
@@ -229,7 +243,15 @@ fn run(c: &ConfigArg, format: LogFormat) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
+/// `APPID:SECRET` of `fake-weixin --app`.
+fn parse_fake_app(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((appid, secret)) if !appid.is_empty() && !secret.is_empty() => Ok((appid.into(), secret.into())),
+        _ => Err("expected APPID:SECRET, like wx0000000000fake01:secret-b".into()),
+    }
+}
+
+fn fake_weixin(listen: SocketAddr, apps: Vec<(String, String)>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -241,10 +263,11 @@ fn fake_weixin(listen: SocketAddr, appid: &str, secret: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let fake = wxgate::fake::FakeWeixin::new(appid, secret);
+    let appids: Vec<String> = apps.iter().map(|(a, _)| a.clone()).collect();
+    let fake = wxgate::fake::FakeWeixin::with_apps(apps);
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        tracing::info!(addr = %listener.local_addr()?, appid, "fake WeChat listening");
+        tracing::info!(addr = %listener.local_addr()?, appids = %appids.join(","), "fake WeChat listening");
         let signal = wxgate::shutdown_signal()?;
         fake.serve(listener, async move {
             signal.await;

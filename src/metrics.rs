@@ -58,7 +58,7 @@ struct Metrics {
     weixin_calls: IntCounterVec,
     weixin_duration: HistogramVec,
     sessions: IntGauge,
-    code_cache_hits: IntCounter,
+    code_cache_hits: IntCounterVec,
     logins: IntCounterVec,
     phone: IntCounterVec,
     access_tokens: IntCounterVec,
@@ -105,40 +105,46 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         weixin_calls: reg!(IntCounterVec::new(
             Opts::new(
                 "weixin_calls_total",
-                "Calls to WeChat's API, by API and outcome (ok, an errcode, timeout...)."
+                "Calls to WeChat's API, by app, API and outcome (ok, an errcode, timeout...)."
             ),
-            &["api", "outcome"]
+            &["app", "api", "outcome"]
         )),
         weixin_duration: reg!(HistogramVec::new(
             HistogramOpts::new(
                 "weixin_call_duration_seconds",
-                "Latency of calls to WeChat's API, by API."
+                "Latency of calls to WeChat's API, by app and API."
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["api"]
+            &["app", "api"]
         )),
         sessions: reg!(IntGauge::new("sessions", "Live sessions in the session store.")),
-        code_cache_hits: reg!(IntCounter::new(
-            "login_code_cache_hits_total",
-            "Logins answered from the code cache (a retried login) without calling WeChat."
+        code_cache_hits: reg!(IntCounterVec::new(
+            Opts::new(
+                "login_code_cache_hits_total",
+                "Logins answered from the code cache (a retried login) without calling WeChat, by app."
+            ),
+            &["app"]
         )),
         logins: reg!(IntCounterVec::new(
-            Opts::new("logins_total", "Login requests, by outcome (an error code, or ok)."),
-            &["outcome"]
+            Opts::new(
+                "logins_total",
+                "Login requests, by app and outcome (an error code, or ok)."
+            ),
+            &["app", "outcome"]
         )),
         phone: reg!(IntCounterVec::new(
             Opts::new(
                 "phone_requests_total",
-                "Phone requests, by flow (decrypt, code) and outcome (ok, previous_key, an error code)."
+                "Phone requests, by app, flow (decrypt, code) and outcome (ok, previous_key, an error code)."
             ),
-            &["flow", "outcome"]
+            &["app", "flow", "outcome"]
         )),
         access_tokens: reg!(IntCounterVec::new(
             Opts::new(
                 "access_token_fetches_total",
-                "Access tokens fetched from WeChat, by reason."
+                "Access tokens fetched from WeChat, by app and reason."
             ),
-            &["reason"]
+            &["app", "reason"]
         )),
         spoofed_headers: reg!(IntCounter::new(
             "spoofed_headers_removed_total",
@@ -192,7 +198,7 @@ struct LocalRequestMetrics {
     counters: Vec<((RouteKind, u16), LocalIntCounter)>,
     durations: [LocalHistogram; 4],
     /// Login and phone outcomes: (family, label, label).
-    labeled: HashMap<(Family, &'static str, &'static str), LocalIntCounter>,
+    labeled: HashMap<(Family, &'static str, &'static str, &'static str), LocalIntCounter>,
     /// Requests started minus finished on this thread since the last flush.
     in_flight_delta: i64,
     last_flush: Instant,
@@ -291,40 +297,58 @@ pub fn upstream_error(kind: &'static str) {
     METRICS.upstream_errors.with_label_values(&[kind]).inc();
 }
 
-pub fn weixin_call(api: &'static str, outcome: &str, elapsed: Duration) {
-    METRICS.weixin_calls.with_label_values(&[api, outcome]).inc();
+pub fn weixin_call(app: &str, api: &'static str, outcome: &str, elapsed: Duration) {
+    METRICS.weixin_calls.with_label_values(&[app, api, outcome]).inc();
     METRICS
         .weixin_duration
-        .with_label_values(&[api])
+        .with_label_values(&[app, api])
         .observe(elapsed.as_secs_f64());
 }
 
-pub fn code_cache_hit() {
-    METRICS.code_cache_hits.inc();
+pub fn code_cache_hit(app: &str) {
+    METRICS.code_cache_hits.with_label_values(&[app]).inc();
 }
 
-fn inc_labeled(family: Family, a: &'static str, b: &'static str) {
+fn inc_labeled(family: Family, app: &'static str, a: &'static str, b: &'static str) {
     with_local(|l| {
         l.labeled
-            .entry((family, a, b))
+            .entry((family, app, a, b))
             .or_insert_with(|| match family {
-                Family::Login => METRICS.logins.with_label_values(&[a]).local(),
-                Family::Phone => METRICS.phone.with_label_values(&[a, b]).local(),
+                Family::Login => METRICS.logins.with_label_values(&[app, a]).local(),
+                Family::Phone => METRICS.phone.with_label_values(&[app, a, b]).local(),
             })
             .inc();
     });
 }
 
-pub fn login(outcome: &'static str) {
-    inc_labeled(Family::Login, outcome, "");
+/// The `app` label of a login that found no app (`unknown_app`, or a
+/// request refused before its app was known).
+pub const NO_APP: &str = "none";
+
+/// `name` as a label value that lives as long as the process: app names
+/// are interned once (a handful, from the configuration), so the hot
+/// counters can key on `&'static str`.
+pub fn app_label(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into());
+    names.push(leaked);
+    leaked
 }
 
-pub fn phone(flow: &'static str, outcome: &'static str) {
-    inc_labeled(Family::Phone, flow, outcome);
+pub fn login(app: &'static str, outcome: &'static str) {
+    inc_labeled(Family::Login, app, outcome, "");
 }
 
-pub fn access_token_fetch(reason: &'static str) {
-    METRICS.access_tokens.with_label_values(&[reason]).inc();
+pub fn phone(app: &'static str, flow: &'static str, outcome: &'static str) {
+    inc_labeled(Family::Phone, app, flow, outcome);
+}
+
+pub fn access_token_fetch(app: &str, reason: &'static str) {
+    METRICS.access_tokens.with_label_values(&[app, reason]).inc();
 }
 
 pub fn spoofed_header_removed() {

@@ -8,6 +8,10 @@
 //! would then get the client's body without wxgate's checks. Refusing
 //! rather than handling keeps one spelling per route, the one a client
 //! library sends.
+//!
+//! With several mini programs, an app with a `path_prefix` has the routes
+//! under it too (`/staff` + `/api/login` = `/staff/api/login`): that is how
+//! a login reaches an app that a path selects.
 
 use std::borrow::Cow;
 
@@ -49,21 +53,34 @@ pub enum Classified {
 /// The routes' paths, as configured and normalised.
 #[derive(Debug)]
 pub struct Routes {
-    exact: [(Box<str>, Route); 3],
-    normalized: [(Box<str>, Route); 3],
+    /// The routes' paths: the configured ones first, then under each app's
+    /// path prefix.
+    exact: Vec<(Box<str>, Route)>,
+    /// `exact`, normalised, in the same order.
+    normalized: Vec<(Box<str>, Route)>,
 }
 
 impl Routes {
     pub fn new(config: &Config) -> Self {
-        let route = |path: &str, r: Route| -> (Box<str>, Route) { (path.into(), r) };
-        let exact = [
-            route(&config.login.path, Route::Login),
-            route(&config.phone.path, Route::Phone),
-            route(&config.logout.path, Route::Logout),
+        let configured = [
+            (config.login.path.as_str(), Route::Login),
+            (config.phone.path.as_str(), Route::Phone),
+            (config.logout.path.as_str(), Route::Logout),
         ];
+        let mut exact: Vec<(Box<str>, Route)> = configured.iter().map(|(p, r)| ((*p).into(), *r)).collect();
+        for app in config.apps.values().filter(|a| !a.path_prefix.is_empty()) {
+            let prefix = normalize(&app.path_prefix);
+            let prefix = prefix.trim_end_matches('/');
+            exact.extend(
+                configured
+                    .iter()
+                    .map(|(p, r)| (format!("{prefix}{p}").into_boxed_str(), *r)),
+            );
+        }
         let normalized = exact
-            .clone()
-            .map(|(p, r)| (normalize(&p).into_owned().into_boxed_str(), r));
+            .iter()
+            .map(|(p, r)| (normalize(p).into_owned().into_boxed_str(), *r))
+            .collect();
         Self { exact, normalized }
     }
 
@@ -84,6 +101,13 @@ impl Routes {
     /// The configured path of `route`.
     pub fn path(&self, route: Route) -> &str {
         self.exact.iter().find(|(_, r)| *r == route).map_or("/", |(p, _)| p)
+    }
+
+    /// The route path that `spelling` is another spelling of.
+    pub fn canonical(&self, spelling: &str) -> Option<&str> {
+        let normalized = normalize(spelling);
+        let i = self.normalized.iter().position(|(p, _)| **p == *normalized)?;
+        Some(&self.exact[i].0)
     }
 
     /// The route kind for metrics and logs.
@@ -175,6 +199,26 @@ mod tests {
             assert_eq!(routes.classify(other), Classified::PassThrough, "{other}");
         }
         assert_eq!(routes.kind("/API/LOGIN"), RouteKind::Login);
+        assert_eq!(routes.canonical("/API/LOGIN"), Some("/api/login"));
+    }
+
+    #[test]
+    fn an_apps_path_prefix_has_the_routes_too() {
+        let mut config = Config::default();
+        config.apps.insert(
+            "staff".into(),
+            crate::config::AppConfig {
+                path_prefix: "/Staff/".into(),
+                ..Default::default()
+            },
+        );
+        let routes = Routes::new(&config);
+        assert_eq!(routes.classify("/staff/api/login"), Classified::Route(Route::Login));
+        assert_eq!(routes.classify("/staff/api/phone"), Classified::Route(Route::Phone));
+        assert_eq!(routes.classify("/api/login"), Classified::Route(Route::Login));
+        assert_eq!(routes.classify("/STAFF/api/login"), Classified::Spelling(Route::Login));
+        assert_eq!(routes.canonical("/STAFF/api//login"), Some("/staff/api/login"));
+        assert_eq!(routes.classify("/staff/api/orders"), Classified::PassThrough);
     }
 
     #[test]

@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::admin::{self, Readiness};
+use crate::apps::Apps;
 use crate::body::Body;
 use crate::config::Config;
 use crate::config::StoreKind;
@@ -60,7 +61,6 @@ use crate::routes::Routes;
 use crate::session::Stores;
 use crate::session::memory::MemoryStore;
 use crate::session::redis::RedisShared;
-use crate::weixin::token::AccessTokenProvider;
 use crate::{BuildError, Stack, metrics};
 
 /// How long a connection closed for idleness may take to say goodbye
@@ -71,7 +71,8 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct Shared {
     pub config: Arc<Config>,
     pub stores: Stores,
-    pub tokens: Arc<AccessTokenProvider>,
+    /// The mini programs served, each with its credentials and access token.
+    pub apps: Arc<Apps>,
     pub readiness: Arc<Readiness>,
     pub routes: Arc<Routes>,
     pub slots: Arc<Slots>,
@@ -82,12 +83,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config) -> Result<Self, StartError> {
+        let apps = Apps::new(&config);
         let stores = match config.session.store {
             StoreKind::Memory => Stores::Memory(Arc::new(MemoryStore::new(&config.session))),
             StoreKind::Redis => Stores::Redis(RedisShared::new(
                 &config.redis,
                 &config.session,
                 config.weixin.timeout.get(),
+                &apps,
             )?),
         };
         let trusted_proxies: Arc<[ipnet::IpNet]> = config
@@ -97,7 +100,7 @@ impl Shared {
             .filter_map(|c| crate::config::parse_cidr(c))
             .collect();
         Ok(Self {
-            tokens: Arc::new(AccessTokenProvider::new()),
+            apps,
             readiness: Arc::new(Readiness::default()),
             routes: Arc::new(Routes::new(&config)),
             slots: Slots::new(config.server.max_connections),
@@ -306,10 +309,16 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
         Stores::Memory(_) => None,
     };
     let c = &shared.config;
+    let apps: Vec<String> = shared
+        .apps
+        .all()
+        .iter()
+        .map(|a| format!("{}={}", a.name, a.appid))
+        .collect();
     tracing::info!(
         %addr,
         %admin_addr,
-        appid = %c.weixin.appid,
+        apps = %apps.join(","),
         upstream = %c.upstream.url,
         weixin_api = %c.weixin.api_base,
         session_store = shared.stores.describe(),
@@ -562,6 +571,7 @@ where
                 in_flight,
                 record,
                 bytes: 0,
+                ended: false,
             })
         }))
     }
@@ -576,6 +586,10 @@ pub struct SentBody {
     in_flight: Option<idle::InFlight>,
     record: Option<Arc<AccessRecord>>,
     bytes: u64,
+    /// The body said it had no more (a body with neither length nor
+    /// `is_end_stream`, chunked or ending with its connection, says so only
+    /// this way).
+    ended: bool,
 }
 
 impl http_body::Body for SentBody {
@@ -590,14 +604,17 @@ impl http_body::Body for SentBody {
             f.polled();
         }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let len = data.len() as u64;
-            self.bytes += len;
-            if let Some(f) = &self.in_flight {
-                f.got_frame();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                    if let Some(f) = &self.in_flight {
+                        f.got_frame();
+                    }
+                }
             }
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
         }
         polled
     }
@@ -614,7 +631,7 @@ impl http_body::Body for SentBody {
 impl Drop for SentBody {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
-            let outcome = if http_body::Body::is_end_stream(&self.body) {
+            let outcome = if self.ended || http_body::Body::is_end_stream(&self.body) {
                 Outcome::Ok
             } else {
                 Outcome::cut()

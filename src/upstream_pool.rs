@@ -214,6 +214,9 @@ where
         if self.version.load(Ordering::Relaxed) != version {
             self.version.store(version, Ordering::Relaxed);
         }
+        // Dropping the sender of a connection not for reuse is safe while
+        // its body streams: hyper's client closes it only once the response
+        // is read.
         if let Some(keep) = keep_alive(res.version(), res.headers(), self.config.idle_timeout) {
             self.checkin(sender, keep);
         }

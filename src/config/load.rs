@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AccessConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig, PhoneConfig, RedisConfig,
+    AccessConfig, AppConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig, PhoneConfig, RedisConfig,
     ServerConfig, SessionConfig, UpstreamConfig, WeixinConfig,
 };
 
@@ -42,8 +42,9 @@ pub(super) const SECRET_KEYS: &[(&str, &str)] = &[
 ];
 
 /// The sections, in the order `check` reports them.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server", "upstream", "weixin", "session", "login", "phone", "logout", "limits", "access", "headers", "redis",
+    "apps",
 ];
 
 impl Config {
@@ -125,6 +126,15 @@ fn apply_env(
             continue;
         }
         let rest = &name[ENV_PREFIX.len()..];
+        if let Some(app) = rest.strip_prefix("APPS__") {
+            match apply_app_env(table, app, &value) {
+                Ok(full) => {
+                    from_env.insert(full, name);
+                }
+                Err(problem) => problems.push(format!("{problem} (set by {name})")),
+            }
+            continue;
+        }
         let default = rest
             .split_once("__")
             .map(|(s, k)| (s.to_ascii_lowercase(), k.to_ascii_lowercase()))
@@ -156,6 +166,39 @@ fn apply_env(
         }
     }
     (problems, from_env)
+}
+
+/// `WXGATE_APPS__<NAME>__<KEY>`: a key of `[apps.<name>]`. Returns the key
+/// set (`apps.<name>.<key>`).
+fn apply_app_env(table: &mut toml::Table, rest: &str, value: &str) -> Result<String, String> {
+    let defaults = toml::Table::try_from(AppConfig::default()).unwrap_or_default();
+    let Some((app, key)) = rest.split_once("__") else {
+        return Err("names no configuration key (apps take WXGATE_APPS__<NAME>__<KEY>)".into());
+    };
+    let (app, key) = (app.to_ascii_lowercase(), key.to_ascii_lowercase());
+    let Some(default) = defaults.get(&key) else {
+        return Err(format!(
+            "apps.{app}.{key}: names no key of an app (they are {})",
+            defaults.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let typed = typed_env_value(default, value).map_err(|what| format!("apps.{app}.{key}: {value:?} is not {what}"))?;
+    let apps = table
+        .entry("apps")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    let toml::Value::Table(apps) = apps else {
+        return Err("apps: must be a section ([apps.<name>])".into());
+    };
+    match apps
+        .entry(app.clone())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+    {
+        toml::Value::Table(t) => {
+            t.insert(key.clone(), typed);
+            Ok(format!("apps.{app}.{key}"))
+        }
+        _ => Err(format!("apps.{app}: must be a section ([apps.{app}])")),
+    }
 }
 
 /// An environment variable's text as a TOML value of the default's type.
@@ -272,6 +315,27 @@ fn check_keys(table: &mut toml::Table, defaults: &toml::Table) -> Vec<String> {
             "limits" => each::<LimitsConfig>(section, value, d, &mut out),
             "access" => each::<AccessConfig>(section, value, d, &mut out),
             "redis" => each::<RedisConfig>(section, value, d, &mut out),
+            "apps" => {
+                let toml::Value::Table(apps) = value else {
+                    out.push("apps: must hold one section per app ([apps.<name>])".into());
+                    return false;
+                };
+                let app_defaults = toml::Value::Table(toml::Table::try_from(AppConfig::default()).unwrap_or_default());
+                apps.retain(|name, app| {
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                    {
+                        out.push(format!(
+                            "apps.{name}: an app's name is lower-case letters, digits, '_' and '-' (it is part of its environment variables)"
+                        ));
+                        return false;
+                    }
+                    each::<AppConfig>(&format!("apps.{name}"), app, Some(&app_defaults), &mut out)
+                });
+                true
+            }
             "headers" => each::<HeadersConfig>(section, value, d, &mut out),
             other => {
                 out.push(format!(
@@ -376,6 +440,19 @@ mod tests {
         let text = include_str!("../../config.toml");
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in defaults {
+            if section == "apps" {
+                assert!(
+                    text.contains("[apps.shop]"),
+                    "config.toml lacks an [apps.<name>] example"
+                );
+                for key in toml::Table::try_from(AppConfig::default()).unwrap().keys() {
+                    assert!(
+                        text.contains(&format!("# {key} =")),
+                        "config.toml lacks apps.<name>.{key}"
+                    );
+                }
+                continue;
+            }
             assert!(text.contains(&format!("[{section}]")), "config.toml lacks [{section}]");
             for key in keys.as_table().unwrap().keys() {
                 assert!(text.contains(&format!("{key} =")), "config.toml lacks {section}.{key}");
@@ -515,6 +592,99 @@ mod tests {
         let e = load(&spelled, &[]).unwrap_err().to_string();
         assert!(
             e.contains("phone.path") && e.contains("same route as login.path"),
+            "{e}"
+        );
+    }
+
+    const TWO_APPS: &str = r#"
+        [upstream]
+        url = "http://127.0.0.1:3000"
+        [apps.shop]
+        appid = "wx1111111111111111"
+        hosts = ["shop.example.com"]
+        [apps.staff]
+        appid = "wx2222222222222222"
+        path_prefix = "/staff"
+    "#;
+
+    #[test]
+    fn apps_load_with_their_secrets_from_the_environment() {
+        let env = [
+            ("WXGATE_APPS__SHOP__SECRET", "shop-secret"),
+            ("WXGATE_APPS__STAFF__SECRET", "staff-secret"),
+        ];
+        let c = load(TWO_APPS, &env).unwrap();
+        assert_eq!(c.apps["shop"].secret.expose(), "shop-secret");
+        assert_eq!(c.apps["staff"].path_prefix, "/staff");
+        assert!(c.weixin.appid.is_empty());
+        // An app from the environment alone.
+        let c = load(
+            TWO_APPS,
+            &[
+                env[0],
+                env[1],
+                ("WXGATE_APPS__CARD__APPID", "wx3333333333333333"),
+                ("WXGATE_APPS__CARD__SECRET", "card-secret"),
+                ("WXGATE_WEIXIN__DEFAULT_APP", "card"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.apps["card"].appid, "wx3333333333333333");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("shop-secret") && !shown.contains("card-secret"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("staff-secret"));
+    }
+
+    #[test]
+    fn bad_apps_are_refused_naming_the_key() {
+        let secrets = [("WXGATE_APPS__SHOP__SECRET", "a"), ("WXGATE_APPS__STAFF__SECRET", "b")];
+        let e = load(TWO_APPS, &secrets[..1]).unwrap_err().to_string();
+        assert!(
+            e.contains("apps.staff.secret: required") && e.contains("WXGATE_APPS__STAFF__SECRET"),
+            "{e}"
+        );
+        for (change, named) in [
+            (
+                ("wx2222222222222222", "wx1111111111111111"),
+                "apps.staff.appid: \"wx1111111111111111\" is also apps.shop.appid",
+            ),
+            (
+                ("path_prefix = \"/staff\"", "hosts = [\"SHOP.example.com:443\"]"),
+                "is also a host of apps.shop",
+            ),
+            (
+                ("hosts = [\"shop.example.com\"]", "path_prefix = \"/staff/x\""),
+                "overlaps",
+            ),
+            (
+                ("path_prefix = \"/staff\"", "path_prefix = \"/\""),
+                "apps.staff.path_prefix",
+            ),
+            (
+                ("path_prefix = \"/staff\"", "path_prefix = \"staff\""),
+                "apps.staff.path_prefix",
+            ),
+            (("path_prefix = \"/staff\"", "paths = [\"/x\"]"), "apps.staff.paths"),
+            (("[apps.staff]", "[apps.Staff]"), "apps.Staff: an app's name"),
+        ] {
+            let text = TWO_APPS.replace(change.0, change.1);
+            let e = load(&text, &secrets).unwrap_err().to_string();
+            assert!(e.contains(named), "{named} not in: {e}");
+        }
+        let with_default = format!("{TWO_APPS}\n[weixin]\ndefault_app = \"nope\"\n");
+        let e = load(&with_default, &secrets).unwrap_err().to_string();
+        assert!(e.contains("weixin.default_app"), "{e}");
+        let clash = format!("{MINIMAL}\n[apps.default]\nappid = \"wx3333333333333333\"\nsecret = \"x\"\n");
+        let e = load(&clash, &[]).unwrap_err().to_string();
+        assert!(e.contains("apps.default: the name is taken"), "{e}");
+        let e = load(TWO_APPS, &[("WXGATE_APPS__SHOP__SECRETS", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apps.shop.secrets") && e.contains("WXGATE_APPS__SHOP__SECRETS"),
             "{e}"
         );
     }

@@ -21,6 +21,7 @@
 mod load;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +47,10 @@ pub struct Config {
     pub access: AccessConfig,
     pub headers: HeadersConfig,
     pub redis: RedisConfig,
+    /// Several mini programs: `[apps.<name>]`, each with its own AppID,
+    /// secret and selectors. `[weixin].appid`/`secret`, when set, is one more
+    /// app, named "default".
+    pub apps: BTreeMap<String, AppConfig>,
 }
 
 /// `[server]`: the listeners, the client side's limits and timeouts.
@@ -146,10 +151,15 @@ pub struct UpstreamConfig {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WeixinConfig {
-    /// The mini program's AppID ("wx" followed by 16 hex digits).
+    /// The mini program's AppID ("wx" followed by 16 hex digits). With
+    /// `[apps]`, optional: when set, it is the app named "default".
     pub appid: String,
     /// The AppSecret. Prefer WXGATE_WEIXIN__SECRET to writing it in a file.
     pub secret: Secret,
+    /// With `[apps]` and no `appid` here: the app a request goes to when no
+    /// selector and no Referer names one. Empty: no default (400
+    /// `unknown_app` on the login route).
+    pub default_app: String,
     /// WeChat's API base URL; point it at `wxgate fake-weixin` in tests.
     pub api_base: String,
     /// Time allowed for one call to WeChat.
@@ -159,6 +169,36 @@ pub struct WeixinConfig {
     /// wait their turn. Keeps a login storm from opening a connection per user.
     pub max_connections: usize,
 }
+
+/// `[apps.<name>]`: one mini program, when wxgate serves several.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    /// Its AppID.
+    pub appid: String,
+    /// Its AppSecret: set WXGATE_APPS__<NAME>__SECRET.
+    pub secret: Secret,
+    /// Requests to these hosts (`Host`, without port) are this app's: a
+    /// selector the client cannot choose, unlike the Referer.
+    pub hosts: Vec<String>,
+    /// Requests under this path prefix are this app's (same matching as
+    /// `[access]`).
+    pub path_prefix: String,
+}
+
+impl fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("appid", &self.appid)
+            .field("secret", &self.secret)
+            .field("hosts", &self.hosts)
+            .field("path_prefix", &self.path_prefix)
+            .finish()
+    }
+}
+
+/// The name of the app `[weixin].appid` makes.
+pub const DEFAULT_APP: &str = "default";
 
 /// Where wxgate keeps what it shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -438,6 +478,7 @@ impl Default for WeixinConfig {
         Self {
             appid: String::new(),
             secret: Secret::default(),
+            default_app: String::new(),
             api_base: "https://api.weixin.qq.com".into(),
             timeout: HumanDuration::secs(5),
             max_connections: 32,
@@ -450,6 +491,7 @@ impl fmt::Debug for WeixinConfig {
         f.debug_struct("WeixinConfig")
             .field("appid", &self.appid)
             .field("secret", &self.secret)
+            .field("default_app", &self.default_app)
             .field("api_base", &self.api_base)
             .field("timeout", &self.timeout)
             .field("max_connections", &self.max_connections)
@@ -610,6 +652,15 @@ impl Config {
     /// (`wxgate config`).
     pub fn to_redacted_toml(&self) -> String {
         let mut table = toml::Table::try_from(self).unwrap_or_default();
+        if let Some(toml::Value::Table(apps)) = table.get_mut("apps") {
+            for (_, app) in apps.iter_mut() {
+                if let Some(toml::Value::String(secret)) = app.get_mut("secret")
+                    && !secret.is_empty()
+                {
+                    *secret = String::from("[redacted]");
+                }
+            }
+        }
         if let Some(toml::Value::Table(redis)) = table.get_mut("redis")
             && let Some(toml::Value::String(url)) = redis.get_mut("url")
         {

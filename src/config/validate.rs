@@ -51,19 +51,18 @@ impl Config {
 
     fn validate_weixin(&self, p: &mut Vec<String>) {
         let w = &self.weixin;
-        if w.appid.is_empty() {
-            p.push("weixin.appid: required (the mini program's AppID, like \"wx0123456789abcdef\")".into());
-        } else if !w.appid.bytes().all(|b| b.is_ascii_alphanumeric()) || w.appid.len() > 64 {
-            p.push(format!(
-                "weixin.appid: {:?} is not an AppID (letters and digits only, like \"wx0123456789abcdef\")",
-                w.appid
-            ));
+        if w.appid.is_empty() && self.apps.is_empty() {
+            p.push("weixin.appid: required (the mini program's AppID, like \"wx0123456789abcdef\"), or [apps.<name>] sections".into());
+            if w.secret.is_empty() {
+                p.push("weixin.secret: required (set WXGATE_WEIXIN__SECRET rather than writing it in a file)".into());
+            }
         }
-        if w.secret.is_empty() {
-            p.push("weixin.secret: required (set WXGATE_WEIXIN__SECRET rather than writing it in a file)".into());
-        } else if !w.secret.expose().bytes().all(|b| b.is_ascii_graphic()) {
-            p.push("weixin.secret: must be visible ASCII characters".into());
+        if !w.appid.is_empty() {
+            check_app(p, "weixin", &w.appid, &w.secret, "WXGATE_WEIXIN__SECRET");
+        } else if !w.secret.is_empty() {
+            p.push("weixin.secret: set, but weixin.appid is not".into());
         }
+        self.validate_apps(p);
         if let Err(e) = parse_base_url(&w.api_base, &["http", "https"]) {
             p.push(format!("weixin.api_base: {e}"));
         }
@@ -247,6 +246,94 @@ impl Config {
                 "access.require_phone: needs phone.remember = true (the phone number must stay with the session)"
                     .into(),
             );
+        }
+    }
+}
+
+/// An app's AppID and secret.
+fn check_app(p: &mut Vec<String>, section: &str, appid: &str, secret: &crate::config::Secret, env: &str) {
+    if appid.is_empty() {
+        p.push(format!(
+            "{section}.appid: required (the mini program's AppID, like \"wx0123456789abcdef\")"
+        ));
+    } else if !appid.bytes().all(|b| b.is_ascii_alphanumeric()) || appid.len() > 64 {
+        p.push(format!(
+            "{section}.appid: {appid:?} is not an AppID (letters and digits only, like \"wx0123456789abcdef\")"
+        ));
+    }
+    if secret.is_empty() {
+        p.push(format!(
+            "{section}.secret: required (set {env} rather than writing it in a file)"
+        ));
+    } else if !secret.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        p.push(format!("{section}.secret: must be visible ASCII characters"));
+    }
+}
+
+impl Config {
+    fn validate_apps(&self, p: &mut Vec<String>) {
+        use crate::config::DEFAULT_APP;
+        let mut appids: BTreeMap<&str, String> = BTreeMap::new();
+        if !self.weixin.appid.is_empty() {
+            appids.insert(&self.weixin.appid, "weixin.appid".into());
+            if self.apps.contains_key(DEFAULT_APP) {
+                p.push(format!(
+                    "apps.{DEFAULT_APP}: the name is taken by the app of weixin.appid; rename this one"
+                ));
+            }
+            if !self.weixin.default_app.is_empty() {
+                p.push("weixin.default_app: with weixin.appid set, that app is the default".into());
+            }
+        } else if !self.weixin.default_app.is_empty() && !self.apps.contains_key(&self.weixin.default_app) {
+            p.push(format!(
+                "weixin.default_app: {:?} names no [apps.<name>] section",
+                self.weixin.default_app
+            ));
+        }
+        let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+        let mut prefixes: Vec<(String, String)> = Vec::new();
+        for (name, app) in &self.apps {
+            let section = format!("apps.{name}");
+            let env = format!("WXGATE_APPS__{}__SECRET", name.to_ascii_uppercase());
+            check_app(p, &section, &app.appid, &app.secret, &env);
+            if let Some(other) = appids.insert(&app.appid, format!("{section}.appid")) {
+                p.push(format!("{section}.appid: {:?} is also {other}", app.appid));
+            }
+            for (i, host) in app.hosts.iter().enumerate() {
+                let h = crate::apps::normalize_host(host);
+                if h.is_empty() || h.contains(['/', ' ', '@']) {
+                    p.push(format!(
+                        "{section}.hosts[{i}]: {host:?} is not a host name like \"shop.example.com\""
+                    ));
+                } else if let Some(other) = hosts.insert(h, section.clone()) {
+                    p.push(format!("{section}.hosts[{i}]: {host:?} is also a host of {other}"));
+                }
+            }
+            if !app.path_prefix.is_empty() {
+                if !app.path_prefix.starts_with('/') || app.path_prefix.contains(['?', '#']) {
+                    p.push(format!(
+                        "{section}.path_prefix: {:?} must be a path starting with '/'",
+                        app.path_prefix
+                    ));
+                    continue;
+                }
+                let normalized = crate::path::normalize(&app.path_prefix).into_owned();
+                if normalized == "/" {
+                    p.push(format!(
+                        "{section}.path_prefix: \"/\" would take every request; use weixin.default_app for a default"
+                    ));
+                    continue;
+                }
+                for (other_prefix, other) in &prefixes {
+                    if crate::path::under(&normalized, other_prefix) || crate::path::under(other_prefix, &normalized) {
+                        p.push(format!(
+                            "{section}.path_prefix: {:?} overlaps {other}.path_prefix",
+                            app.path_prefix
+                        ));
+                    }
+                }
+                prefixes.push((normalized, section.clone()));
+            }
         }
     }
 }

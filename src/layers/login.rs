@@ -24,6 +24,10 @@
 //!   `mode = "respond"`: wxgate answers `{"session", "openid", "expires_in"}`
 //!   itself (and sets the session header too).
 //! - `[limits] login_per_address` bounds logins per client address.
+//! - With several mini programs, the login is for the app a host or path
+//!   selector, the WeChat Referer or the default names ([`Apps::for_login`]);
+//!   none: 400 `unknown_app`. The code is exchanged with that app's
+//!   credentials and the session belongs to that app.
 //!
 //! No WeChat error is ever forwarded upstream: a failed login is answered
 //! here, as JSON.
@@ -36,6 +40,7 @@ use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use serde_json::Value;
 
+use crate::apps::{App, Apps};
 use crate::body::{self, Body};
 use crate::config::{Config, LoginMode};
 use crate::error::Error;
@@ -49,6 +54,7 @@ use crate::session::{Issued, Session, SessionStore, SessionToken, unix_now};
 use crate::weixin::client::WeixinClient;
 
 pub struct Login {
+    apps: Arc<Apps>,
     mode: LoginMode,
     body_limits: body::Limits,
     ttl_secs: u64,
@@ -61,12 +67,14 @@ pub struct Login {
 impl Login {
     pub fn new(
         config: &Config,
+        apps: Arc<Apps>,
         store: Arc<dyn SessionStore>,
         weixin: WeixinClient,
         session_header: HeaderName,
         per_address: Arc<Limiter<IpAddr>>,
     ) -> Self {
         Self {
+            apps,
             mode: config.login.mode,
             body_limits: body::Limits::new(&config.server),
             ttl_secs: config.session.ttl.get().as_secs(),
@@ -78,18 +86,26 @@ impl Login {
     }
 
     pub async fn handle(&self, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
-        let result = self.login(req, proxy).await;
-        metrics::login(match &result {
+        let app = (req.method() == Method::POST)
+            .then(|| {
+                let authority = req.uri().authority().map(|a| a.as_str());
+                self.apps.for_login(req.headers(), authority, req.uri().path())
+            })
+            .flatten();
+        let result = match app {
+            Some(app) => self.login(app, req, proxy).await,
+            None if req.method() != Method::POST => Err(Error::MethodNotAllowed("POST")),
+            None => Err(Error::UnknownApp),
+        };
+        let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
-        });
+        };
+        metrics::login(app.map_or(metrics::NO_APP, |a| a.name), outcome);
         result
     }
 
-    async fn login(&self, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
-        if req.method() != Method::POST {
-            return Err(Error::MethodNotAllowed("POST"));
-        }
+    async fn login(&self, app: &App, req: Request<Body>, proxy: &Proxy) -> Result<Response<Body>, Error> {
         if let Some(ip) = client_ip(req.headers()) {
             self.per_address.check(&ip)?;
         }
@@ -99,10 +115,13 @@ impl Login {
         let code = extract_code(form, &bytes, parts.uri.query())?;
         let previous = parts.extensions.remove::<Identity>();
 
-        let login = self.store.login(&code, self.exchange(&code, previous).boxed()).await?;
+        let login = self
+            .store
+            .login(&app.appid, &code, self.exchange(app, &code, previous).boxed())
+            .await?;
         if !login.fresh {
-            metrics::code_cache_hit();
-            tracing::info!("retried login answered from the code cache");
+            metrics::code_cache_hit(app.name);
+            tracing::info!(app = app.name, "retried login answered from the code cache");
         }
         let Issued { token, session } = login.issued;
         let token_value = HeaderValue::from_str(&token.to_text())
@@ -145,19 +164,21 @@ impl Login {
         Ok(res)
     }
 
-    /// The one call to WeChat for a code, and the session it opens.
-    async fn exchange(&self, code: &str, previous: Option<Identity>) -> Result<Issued, Error> {
-        let login = self.weixin.code2session(code).await?;
-        let session = Session::new(&login.openid, login.unionid.as_deref(), login.session_key, unix_now());
-        if let Some(prev) = previous.filter(|p| p.session.openid() == session.openid()) {
+    /// The one call to WeChat for a code of `app`, and the session it opens.
+    async fn exchange(&self, app: &App, code: &str, previous: Option<Identity>) -> Result<Issued, Error> {
+        let login = self.weixin.code2session(app, code).await?;
+        let session =
+            Session::new(&login.openid, login.unionid.as_deref(), login.session_key, unix_now()).in_app(app.index);
+        let (appid, openid) = (&*app.appid, session.openid());
+        if let Some(prev) = previous.filter(|p| p.session.app() == app.index && p.session.openid() == openid) {
             self.store
-                .record_key(session.openid(), *prev.session.session_key())
+                .record_key(appid, openid, *prev.session.session_key())
                 .await?;
         }
-        self.store.record_key(session.openid(), *session.session_key()).await?;
+        self.store.record_key(appid, openid, *session.session_key()).await?;
         let token = SessionToken::generate();
         self.store.insert(&token, &session).await?;
-        tracing::debug!(openid = %session.openid(), unionid = session.unionid().is_some(), "login: new session");
+        tracing::debug!(app = app.name, openid = %openid, unionid = session.unionid().is_some(), "login: new session");
         Ok(Issued { token, session })
     }
 }

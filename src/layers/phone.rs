@@ -13,6 +13,9 @@
 //!   stable access token; on a token rejection (40001/40014/42001) it
 //!   refreshes the token once and retries once. That is the only retry: each
 //!   successful call is billed.
+//! - With several mini programs, everything is the session's app's: the
+//!   watermark must name its AppID, the code goes to WeChat with its access
+//!   token, the previous keys are its user's.
 //! - The code flow is billed: `[limits] phone_per_session` bounds phone
 //!   requests per session.
 //! - Every value is checked (digits, an optional leading '+', bounded
@@ -30,6 +33,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::apps::{App, Apps};
 use crate::body::{self, Body};
 use crate::config::{Config, ForwardBody};
 use crate::error::Error;
@@ -41,40 +45,38 @@ use crate::ratelimit::Limiter;
 use crate::session::{PhoneNumber, Session, SessionStore, SessionToken, unix_now};
 use crate::weixin::client::{PhoneCallError, PhoneInfo, WeixinClient};
 use crate::weixin::crypto::{self, DecryptError, DecryptedData, SessionKey, mask_phone};
-use crate::weixin::token::AccessTokenProvider;
+use crate::weixin::token::StableToken;
 
 /// Fields removed from the forwarded body with `forward_body = "strip"`.
 const ENCRYPTED_FIELDS: [&str; 4] = ["encryptedData", "iv", "code", "cloudID"];
 
 pub struct Phone {
-    appid: Box<str>,
+    apps: Arc<Apps>,
     body_limits: body::Limits,
     max_age: u64,
     remember: bool,
     forward_body: ForwardBody,
     store: Arc<dyn SessionStore>,
     weixin: WeixinClient,
-    tokens: Arc<AccessTokenProvider>,
     per_session: Arc<Limiter<SessionToken>>,
 }
 
 impl Phone {
     pub fn new(
         config: &Config,
+        apps: Arc<Apps>,
         store: Arc<dyn SessionStore>,
         weixin: WeixinClient,
-        tokens: Arc<AccessTokenProvider>,
         per_session: Arc<Limiter<SessionToken>>,
     ) -> Self {
         Self {
-            appid: config.weixin.appid.as_str().into(),
+            apps,
             body_limits: body::Limits::new(&config.server),
             max_age: config.phone.max_age.get().as_secs(),
             remember: config.phone.remember,
             forward_body: config.phone.forward_body,
             store,
             weixin,
-            tokens,
             per_session,
         }
     }
@@ -203,6 +205,10 @@ impl Phone {
         let Some(current) = req.extensions().get::<Identity>().cloned() else {
             return Err(Error::SessionRequired);
         };
+        // Stores hand out sessions of configured apps only.
+        let Some(app) = self.apps.get(current.session.app()) else {
+            return Err(Error::SessionRequired);
+        };
         if let Some(token) = &current.token {
             self.per_session.check(token)?;
         }
@@ -211,27 +217,27 @@ impl Phone {
         let request = parse_request(&bytes)?;
 
         let (flow, result) = match (&request.encrypted, &request.code) {
-            (Some((data, iv)), code) => match self.decrypt(&current.session, data, iv).await {
+            (Some((data, iv)), code) => match self.decrypt(app, &current.session, data, iv).await {
                 Err(Error::DecryptFailed | Error::InvalidRequest(_)) if code.is_some() => {
-                    metrics::phone("decrypt", "fallback_to_code");
+                    metrics::phone(app.name, "decrypt", "fallback_to_code");
                     let code = code.as_deref().unwrap_or_default();
-                    ("code", self.exchange(&current.session, code).await)
+                    ("code", self.exchange(app, &current.session, code).await)
                 }
                 other => ("decrypt", other),
             },
-            (None, Some(code)) => ("code", self.exchange(&current.session, code).await),
+            (None, Some(code)) => ("code", self.exchange(app, &current.session, code).await),
             // parse_request refuses a body with neither.
             (None, None) => ("none", Err(Error::invalid("expected encryptedData and iv, or code"))),
         };
         let phone = match result {
             Ok(p) => p,
             Err(e) => {
-                metrics::phone(flow, e.code());
+                metrics::phone(app.name, flow, e.code());
                 return Err(e);
             }
         };
-        metrics::phone(flow, "ok");
-        tracing::info!(openid = %current.session.openid(), phone = %mask_phone(&phone.phone_number), flow, "phone number established");
+        metrics::phone(app.name, flow, "ok");
+        tracing::info!(app = app.name, openid = %current.session.openid(), phone = %mask_phone(&phone.phone_number), flow, "phone number established");
 
         if self.remember
             && current.session.phone() != Some(&phone)
@@ -255,7 +261,7 @@ impl Phone {
     }
 
     /// The legacy flow: the session's key, then the user's previous keys.
-    async fn decrypt(&self, session: &Session, data: &str, iv: &str) -> Result<PhoneNumber, Error> {
+    async fn decrypt(&self, app: &App, session: &Session, data: &str, iv: &str) -> Result<PhoneNumber, Error> {
         let format_error = |e: DecryptError| Error::invalid(format!("encryptedData/iv: {e}"));
         let decrypted = match crypto::decrypt(session.session_key(), iv, data) {
             Ok(d) => d,
@@ -265,7 +271,7 @@ impl Phone {
                 // decrypt_failed without the previous keys would be wrong.
                 let previous: Vec<SessionKey> = self
                     .store
-                    .recent_keys(session.openid())
+                    .recent_keys(&app.appid, session.openid())
                     .await?
                     .into_iter()
                     .filter(|k| k != session.session_key())
@@ -274,7 +280,7 @@ impl Phone {
                 let found = previous.iter().find_map(|k| crypto::decrypt(k, iv, data).ok());
                 match found {
                     Some(d) => {
-                        metrics::phone("decrypt", "previous_key");
+                        metrics::phone(app.name, "decrypt", "previous_key");
                         tracing::debug!(openid = %session.openid(), "decrypted with a previous session key");
                         d
                     }
@@ -282,14 +288,15 @@ impl Phone {
                 }
             }
         };
-        self.check_decrypted(decrypted)
+        self.check_decrypted(app, decrypted)
     }
 
-    fn check_decrypted(&self, data: DecryptedData) -> Result<PhoneNumber, Error> {
+    /// The data must be this app's (its watermark), recent, and a number.
+    fn check_decrypted(&self, app: &App, data: DecryptedData) -> Result<PhoneNumber, Error> {
         let Some(watermark) = data.watermark else {
             return Err(Error::WatermarkMismatch);
         };
-        if *watermark.appid != *self.appid {
+        if *watermark.appid != *app.appid {
             return Err(Error::WatermarkMismatch);
         }
         if unix_now().saturating_sub(watermark.timestamp) > self.max_age {
@@ -307,19 +314,32 @@ impl Phone {
         })
     }
 
-    /// The code flow: one billed call, plus one retry after a token refresh.
-    async fn exchange(&self, session: &Session, code: &str) -> Result<PhoneNumber, Error> {
-        let token = self.tokens.get(&self.weixin).await?;
-        let info = match self.weixin.get_user_phone_number(&token, code, session.openid()).await {
+    /// The code flow: one billed call with the app's token, plus one retry
+    /// after a token refresh.
+    async fn exchange(&self, app: &App, session: &Session, code: &str) -> Result<PhoneNumber, Error> {
+        let source = StableToken {
+            client: &self.weixin,
+            app,
+        };
+        let token = app.tokens.get(&source).await?;
+        let info = match self
+            .weixin
+            .get_user_phone_number(app, &token, code, session.openid())
+            .await
+        {
             Ok(info) => info,
             Err(PhoneCallError::Failed(e)) => return Err(e),
             Err(PhoneCallError::TokenRejected { errcode }) => {
                 tracing::info!(errcode, "WeChat rejected the access token; refreshing once");
-                let fresh = self
+                let fresh = app
                     .tokens
-                    .refresh_after_rejection(&self.weixin, &token, &*self.store)
+                    .refresh_after_rejection(&source, &token, &*self.store)
                     .await?;
-                match self.weixin.get_user_phone_number(&fresh, code, session.openid()).await {
+                match self
+                    .weixin
+                    .get_user_phone_number(app, &fresh, code, session.openid())
+                    .await
+                {
                     Ok(info) => info,
                     Err(PhoneCallError::Failed(e)) => return Err(e),
                     Err(PhoneCallError::TokenRejected { errcode }) => {

@@ -81,7 +81,12 @@ impl Service<Request<Body>> for Router {
             Classified::Spelling(route) => {
                 let e = Error::NonCanonicalPath {
                     what: "this path is another spelling of one of wxgate's routes",
-                    canonical: self.handlers.routes.path(route).into(),
+                    canonical: self
+                        .handlers
+                        .routes
+                        .canonical(req.uri().path())
+                        .unwrap_or(self.handlers.routes.path(route))
+                        .into(),
                 };
                 return Box::pin(std::future::ready(Err(e)));
             }

@@ -11,8 +11,12 @@
 //! cannot answer fails the request (503 `session_store_unavailable`): a
 //! user who is logged in is never silently made anonymous.
 //!
+//! With several mini programs, a session presented on a request that a
+//! host or path selector assigns to another app is not honoured (logged at
+//! debug): the shop's token does not open the staff app's paths.
+//!
 //! ```text
-//! ServiceBuilder::new().layer(SessionLayer::new(store, header)).service(inner)
+//! ServiceBuilder::new().layer(SessionLayer::new(store, header, apps)).service(inner)
 //! ```
 
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, Request};
 use tower::{Layer, Service};
 
+use crate::apps::Apps;
 use crate::body::Body;
 use crate::error::Error;
 use crate::identity::Identity;
@@ -36,12 +41,13 @@ pub struct SessionLayer {
 struct State {
     store: Arc<dyn SessionStore>,
     header: HeaderName,
+    apps: Arc<Apps>,
 }
 
 impl SessionLayer {
-    pub fn new(store: Arc<dyn SessionStore>, header: HeaderName) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, header: HeaderName, apps: Arc<Apps>) -> Self {
         Self {
-            state: Arc::new(State { store, header }),
+            state: Arc::new(State { store, header, apps }),
         }
     }
 }
@@ -84,12 +90,27 @@ where
             tracing::debug!("malformed session token ignored");
             return Either::Left(self.inner.call(req));
         };
-        let store = self.state.store.clone();
+        let state = self.state.clone();
         // The ready service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
-            match store.get(&token).await? {
+            match state.store.get(&token).await? {
+                Some(session)
+                    if state
+                        .apps
+                        .selected(
+                            req.headers(),
+                            req.uri().authority().map(|a| a.as_str()),
+                            req.uri().path(),
+                        )
+                        .is_some_and(|app| app != session.app()) =>
+                {
+                    tracing::debug!(
+                        session_app = state.apps.get(session.app()).map_or("-", |a| a.name),
+                        "a session of another app is not honoured here"
+                    );
+                }
                 Some(session) => {
                     req.extensions_mut().insert(Identity {
                         token: Some(token),

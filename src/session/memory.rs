@@ -11,11 +11,12 @@
 //!   never served); moka itself drops sessions idle for a whole `ttl`. A
 //!   per-entry expiry in moka would do the same at about 42 more bytes per
 //!   session (measured with `examples/session_memory.rs`).
-//! - recent keys: openid → the user's last session keys, kept only
+//! - recent keys: (app, openid) → the user's last session keys, kept only
 //!   `session.previous_key_ttl` after a login. The race it serves (the mini
 //!   program called `wx.login` during the phone callback) lasts minutes, so
 //!   the index holds recent logins only, not every session.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
@@ -25,6 +26,7 @@ use moka::policy::EvictionPolicy;
 use tokio::time::Instant;
 
 use super::{FORCE_REFRESH_EVERY, Issued, Login, Session, SessionStore, SessionToken};
+use crate::apps::App;
 use crate::config::SessionConfig;
 use crate::error::Error;
 use crate::weixin::crypto::SessionKey;
@@ -32,13 +34,18 @@ use crate::weixin::crypto::SessionKey;
 /// At most this many keys per openid: the current one and two previous.
 const KEYS_KEPT: usize = 3;
 
+/// (appid, openid) or (appid, code): what is kept per app.
+type PerApp = (Box<str>, Box<str>);
+
 pub struct MemoryStore {
     ttl_secs: u64,
     sessions: Cache<[u8; 16], Session>,
-    keys: Cache<Box<str>, Arc<[SessionKey]>>,
-    /// Login codes' outcomes: a session, or WeChat's final refusal.
-    codes: Cache<Box<str>, Result<Issued, Error>>,
-    last_forced: Mutex<Option<Instant>>,
+    /// (appid, openid) → keys.
+    keys: Cache<PerApp, Arc<[SessionKey]>>,
+    /// (appid, code) → the code's outcome: a session, or WeChat's final refusal.
+    codes: Cache<PerApp, Result<Issued, Error>>,
+    /// Each app's last forced token refresh.
+    last_forced: Mutex<HashMap<Box<str>, Instant>>,
 }
 
 impl MemoryStore {
@@ -59,7 +66,7 @@ impl MemoryStore {
                 .max_capacity(config.max_entries)
                 .time_to_live(config.code_ttl.get())
                 .build(),
-            last_forced: Mutex::new(None),
+            last_forced: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -97,14 +104,13 @@ impl SessionStore for MemoryStore {
         .boxed()
     }
 
-    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>> {
-        let openid = openid.to_owned();
+    fn revoke_user<'a>(&'a self, app: &'a App, openid: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         async move {
             // A scan: an operator's rare action, not a request's.
             let doomed: Vec<Arc<[u8; 16]>> = self
                 .sessions
                 .iter()
-                .filter(|(_, s)| s.openid() == openid)
+                .filter(|(_, s)| s.app() == app.index && s.openid() == openid)
                 .map(|(k, _)| k)
                 .collect();
             for token in &doomed {
@@ -115,42 +121,44 @@ impl SessionStore for MemoryStore {
         .boxed()
     }
 
-    fn record_key(&self, openid: &str, key: SessionKey) -> BoxFuture<'_, Result<(), Error>> {
-        let openid: Box<str> = openid.into();
+    fn record_key<'a>(&'a self, appid: &'a str, openid: &'a str, key: SessionKey) -> BoxFuture<'a, Result<(), Error>> {
+        let user: PerApp = (appid.into(), openid.into());
         async move {
             // The update is not atomic across two concurrent logins of one
             // user; losing one of two simultaneous keys only narrows the
             // fallback, it never serves a wrong one.
             let mut keys = vec![key];
-            if let Some(prev) = self.keys.get(&openid).await {
+            if let Some(prev) = self.keys.get(&user).await {
                 keys.extend(prev.iter().filter(|k| **k != key).take(KEYS_KEPT - 1));
             }
-            self.keys.insert(openid, keys.into()).await;
+            self.keys.insert(user, keys.into()).await;
             Ok(())
         }
         .boxed()
     }
 
-    fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>> {
-        let openid: Box<str> = openid.into();
-        async move { Ok(self.keys.get(&openid).await.map(|k| k.to_vec()).unwrap_or_default()) }.boxed()
+    fn recent_keys<'a>(&'a self, appid: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<SessionKey>, Error>> {
+        let user: PerApp = (appid.into(), openid.into());
+        async move { Ok(self.keys.get(&user).await.map(|k| k.to_vec()).unwrap_or_default()) }.boxed()
     }
 
     fn login<'a>(
         &'a self,
+        appid: &'a str,
         code: &'a str,
         exchange: BoxFuture<'a, Result<Issued, Error>>,
     ) -> BoxFuture<'a, Result<Login, Error>> {
         async move {
+            let key: PerApp = (appid.into(), code.into());
             // Concurrent callers share one exchange (moka runs one init per key).
-            let entry = self.codes.entry(code.into()).or_insert_with(exchange).await;
+            let entry = self.codes.entry(key.clone()).or_insert_with(exchange).await;
             let fresh = entry.is_fresh();
             match entry.into_value() {
                 Ok(issued) => Ok(Login { issued, fresh }),
                 Err(e) => {
                     if !e.is_final() {
                         // Busy, unreachable...: the next try must call WeChat again.
-                        self.codes.invalidate(code).await;
+                        self.codes.invalidate(&key).await;
                     }
                     Err(e)
                 }
@@ -159,14 +167,17 @@ impl SessionStore for MemoryStore {
         .boxed()
     }
 
-    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>> {
+    fn claim_force_refresh<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         async move {
             let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < FORCE_REFRESH_EVERY) {
+            if last
+                .get(appid)
+                .is_some_and(|t| now.duration_since(*t) < FORCE_REFRESH_EVERY)
+            {
                 return Ok(false);
             }
-            *last = Some(now);
+            last.insert(appid.into(), now);
             Ok(true)
         }
         .boxed()
@@ -261,10 +272,43 @@ mod tests {
         let store = MemoryStore::new(&SessionConfig::default());
         let keys: Vec<SessionKey> = (0..4).map(|_| SessionKey::random()).collect();
         for k in &keys {
-            store.record_key("o1", *k).await.unwrap();
+            store.record_key("wxa", "o1", *k).await.unwrap();
         }
-        store.record_key("o1", keys[3]).await.unwrap();
-        assert_eq!(store.recent_keys("o1").await.unwrap(), vec![keys[3], keys[2], keys[1]]);
-        assert!(store.recent_keys("o2").await.unwrap().is_empty());
+        store.record_key("wxa", "o1", keys[3]).await.unwrap();
+        assert_eq!(
+            store.recent_keys("wxa", "o1").await.unwrap(),
+            vec![keys[3], keys[2], keys[1]]
+        );
+        assert!(store.recent_keys("wxa", "o2").await.unwrap().is_empty());
+        // Another app's user of the same openid has a history of their own.
+        assert!(store.recent_keys("wxb", "o1").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn codes_force_claims_and_revocations_are_per_app() {
+        use futures_util::FutureExt;
+        let store = MemoryStore::new(&SessionConfig::default());
+        let now = super::super::unix_now();
+        let issued = |app: u16| Issued {
+            token: SessionToken::generate(),
+            session: session("o1", SessionKey::random(), now).in_app(app),
+        };
+        let a = store.login("wxa", "c1", async { Ok(issued(0)) }.boxed()).await.unwrap();
+        let b = store.login("wxb", "c1", async { Ok(issued(1)) }.boxed()).await.unwrap();
+        assert!(a.fresh && b.fresh, "one code string, two apps: two exchanges");
+        assert_ne!(a.issued.token, b.issued.token);
+        assert!(store.claim_force_refresh("wxa").await.unwrap());
+        assert!(store.claim_force_refresh("wxb").await.unwrap());
+        assert!(!store.claim_force_refresh("wxa").await.unwrap());
+        for i in [&a, &b] {
+            store.insert(&i.issued.token, &i.issued.session).await.unwrap();
+        }
+        let app_b = App::new(1, "b", "wxb", crate::config::Secret::new("s"));
+        assert_eq!(store.revoke_user(&app_b, "o1").await.unwrap(), 1);
+        assert!(
+            store.get(&a.issued.token).await.unwrap().is_some(),
+            "app A's session stays"
+        );
+        assert!(store.get(&b.issued.token).await.unwrap().is_none());
     }
 }

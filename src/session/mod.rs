@@ -19,6 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::BoxFuture;
 
+use crate::apps::App;
 use crate::error::Error;
 use crate::weixin::crypto::SessionKey;
 
@@ -98,8 +99,11 @@ pub struct Session {
     extra: Option<Arc<Extra>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Extra {
+    /// The app's index among the configured mini programs; 0, the first,
+    /// needs no allocation.
+    app: u16,
     openid: Option<Box<str>>,
     unionid: Option<Box<str>>,
     phone: Option<PhoneNumber>,
@@ -127,15 +131,30 @@ impl Session {
 
     /// The same session with `phone` remembered.
     pub fn with_phone(&self, phone: PhoneNumber) -> Self {
-        let extra = self.extra.as_deref();
+        let mut extra = self.extra.as_deref().cloned().unwrap_or_default();
+        extra.phone = Some(phone);
         Self {
-            extra: Some(Arc::new(Extra {
-                openid: extra.and_then(|e| e.openid.clone()),
-                unionid: extra.and_then(|e| e.unionid.clone()),
-                phone: Some(phone),
-            })),
+            extra: Some(Arc::new(extra)),
             ..self.clone()
         }
+    }
+
+    /// The same session, of the app with index `app` (several mini programs).
+    pub fn in_app(self, app: u16) -> Self {
+        if app == self.app() {
+            return self;
+        }
+        let mut extra = self.extra.as_deref().cloned().unwrap_or_default();
+        extra.app = app;
+        Self {
+            extra: Some(Arc::new(extra)),
+            ..self
+        }
+    }
+
+    /// The index of the app this session logged in to.
+    pub fn app(&self) -> u16 {
+        self.extra.as_deref().map_or(0, |e| e.app)
     }
 
     pub fn openid(&self) -> &str {
@@ -215,31 +234,35 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ends the session named by `token`, everywhere.
     fn revoke(&self, token: &SessionToken) -> BoxFuture<'_, Result<(), Error>>;
 
-    /// Ends every session of `openid`; returns how many there were.
-    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>>;
+    /// Ends every session of `openid` in `app`; returns how many there were.
+    fn revoke_user<'a>(&'a self, app: &'a App, openid: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
 
-    /// Records a login's session key as `openid`'s newest. Keeps the user's
-    /// two previous keys, for `session.previous_key_ttl`.
-    fn record_key(&self, openid: &str, key: SessionKey) -> BoxFuture<'_, Result<(), Error>>;
+    /// Records a login's session key as the newest of `openid` in the app
+    /// `appid`. Keeps the user's two previous keys, for
+    /// `session.previous_key_ttl`.
+    fn record_key<'a>(&'a self, appid: &'a str, openid: &'a str, key: SessionKey) -> BoxFuture<'a, Result<(), Error>>;
 
-    /// `openid`'s recent session keys, newest first (at most three: the
-    /// current one and the two before it).
-    fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>>;
+    /// The recent session keys of `openid` in the app `appid`, newest first
+    /// (at most three: the current one and the two before it).
+    fn recent_keys<'a>(&'a self, appid: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<SessionKey>, Error>>;
 
-    /// The outcome of the login code `code`: `exchange`'s, run once for
-    /// all concurrent and later callers within `session.code_ttl`. A final
-    /// failure (WeChat refused the code) is remembered like a success, so a
-    /// repeated bad code costs no WeChat call; any other failure is not, so
-    /// a retry may pass.
+    /// The outcome of the login code `code` of the app `appid`:
+    /// `exchange`'s, run once for all concurrent and later callers within
+    /// `session.code_ttl`. A final failure (WeChat refused the code) is
+    /// remembered like a success, so a repeated bad code costs no WeChat
+    /// call; any other failure is not, so a retry may pass. Codes are kept
+    /// per app: a code sent for another app never meets this one's outcome.
     fn login<'a>(
         &'a self,
+        appid: &'a str,
         code: &'a str,
         exchange: BoxFuture<'a, Result<Issued, Error>>,
     ) -> BoxFuture<'a, Result<Login, Error>>;
 
-    /// Whether this caller may force an access-token refresh now: at most
-    /// one every [`FORCE_REFRESH_EVERY`], over every worker (and replica).
-    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>>;
+    /// Whether this caller may force the access-token refresh of the app
+    /// `appid` now: at most one every [`FORCE_REFRESH_EVERY`] per app, over
+    /// every worker (and replica).
+    fn claim_force_refresh<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
 
     /// Live sessions, for the metrics (may first settle pending evictions);
     /// `None` when the store cannot tell cheaply.
@@ -357,6 +380,17 @@ mod tests {
         assert_eq!(*remembered.session_key(), key);
         assert_eq!(remembered.created_at(), 42);
         assert_eq!(remembered.phone(), Some(&phone()));
+        assert_eq!(remembered.app(), 0);
+        let other_app = remembered.clone().in_app(3);
+        assert_eq!(
+            (other_app.app(), other_app.unionid(), other_app.phone()),
+            (3, Some("union1"), Some(&phone()))
+        );
+        assert_eq!(
+            other_app.with_phone(phone()).app(),
+            3,
+            "the app survives a remembered phone"
+        );
         // The original is untouched.
         assert_eq!(s.phone(), None);
         assert!(!format!("{remembered:?}").contains("13800006666"));

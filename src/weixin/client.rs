@@ -8,6 +8,8 @@
 //!
 //! Errcodes become [`Error`]s here, in [`errcode_error`]; the AppSecret goes
 //! only into the request to WeChat, never into a log line or an error.
+//! Every call names its app ([`App`]): one client serves every configured
+//! mini program, with no per-app state of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::config::{Secret, WeixinConfig};
+use crate::apps::App;
+use crate::config::WeixinConfig;
 use crate::error::Error;
 use crate::metrics;
 use crate::weixin::crypto::SessionKey;
@@ -42,8 +45,6 @@ struct Inner {
     /// Bounds simultaneous calls, so a burst reuses pooled connections.
     permits: tokio::sync::Semaphore,
     base: String,
-    appid: String,
-    secret: Secret,
     timeout: Duration,
 }
 
@@ -106,19 +107,17 @@ impl WeixinClient {
             inner: Arc::new(Inner {
                 permits: tokio::sync::Semaphore::new(config.max_connections.max(1)),
                 base: config.api_base.trim_end_matches('/').to_owned(),
-                appid: config.appid.clone(),
-                secret: config.secret.clone(),
                 timeout: config.timeout.get(),
             }),
         })
     }
 
-    /// Exchanges a `wx.login` code. A busy answer (-1) is retried once with
-    /// the same code after a short pause: WeChat did not consume it.
-    pub async fn code2session(&self, code: &str) -> Result<Login, Error> {
+    /// Exchanges a `wx.login` code of `app`. A busy answer (-1) is retried
+    /// once with the same code after a short pause: WeChat did not consume it.
+    pub async fn code2session(&self, app: &App, code: &str) -> Result<Login, Error> {
         let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("appid", &self.inner.appid)
-            .append_pair("secret", self.inner.secret.expose())
+            .append_pair("appid", &app.appid)
+            .append_pair("secret", app.secret.expose())
             .append_pair("js_code", code)
             .append_pair("grant_type", "authorization_code")
             .finish();
@@ -126,7 +125,7 @@ impl WeixinClient {
         let mut attempt = 0;
         let answer = loop {
             let req = request(Method::GET, &uri, None)?;
-            let answer = self.call("jscode2session", req).await?;
+            let answer = self.call(app, "jscode2session", req).await?;
             match errcode(&answer) {
                 0 => break answer,
                 -1 if attempt == 0 => {
@@ -154,18 +153,18 @@ impl WeixinClient {
         })
     }
 
-    /// Fetches the stable access token; `force_refresh` invalidates the
+    /// Fetches `app`'s stable access token; `force_refresh` invalidates the
     /// current one at WeChat (rate-limited there: use only after a rejection).
-    pub async fn stable_token(&self, force_refresh: bool) -> Result<AccessToken, Error> {
+    pub async fn stable_token(&self, app: &App, force_refresh: bool) -> Result<AccessToken, Error> {
         let body = serde_json::json!({
             "grant_type": "client_credential",
-            "appid": self.inner.appid,
-            "secret": self.inner.secret.expose(),
+            "appid": &*app.appid,
+            "secret": app.secret.expose(),
             "force_refresh": force_refresh,
         });
         let uri = format!("{}/cgi-bin/stable_token", self.inner.base);
         let req = request(Method::POST, &uri, Some(body.to_string()))?;
-        let answer = self.call("stable_token", req).await?;
+        let answer = self.call(app, "stable_token", req).await?;
         match errcode(&answer) {
             0 => {}
             code => return Err(errcode_error(code, &answer)),
@@ -184,6 +183,7 @@ impl WeixinClient {
     /// it twice for one request, except once after a token refresh.
     pub async fn get_user_phone_number(
         &self,
+        app: &App,
         token: &str,
         code: &str,
         openid: &str,
@@ -195,7 +195,7 @@ impl WeixinClient {
         let body = serde_json::json!({ "code": code, "openid": openid }).to_string();
         let req = request(Method::POST, &uri, Some(body)).map_err(PhoneCallError::Failed)?;
         let answer = self
-            .call("getuserphonenumber", req)
+            .call(app, "getuserphonenumber", req)
             .await
             .map_err(PhoneCallError::Failed)?;
         match errcode(&answer) {
@@ -221,7 +221,7 @@ impl WeixinClient {
     }
 
     /// One HTTP exchange with WeChat, answered as a JSON object.
-    async fn call(&self, api: &'static str, req: Request<Full<Bytes>>) -> Result<Value, Error> {
+    async fn call(&self, app: &App, api: &'static str, req: Request<Full<Bytes>>) -> Result<Value, Error> {
         let start = Instant::now();
         let result = tokio::time::timeout(self.inner.timeout, async {
             let _permit = self
@@ -268,12 +268,12 @@ impl WeixinClient {
                 let outcome = if code == 0 { "ok".to_string() } else { code.to_string() };
                 if code != 0 {
                     let errmsg = answer.get("errmsg").and_then(Value::as_str).unwrap_or("");
-                    tracing::debug!(api, errcode = code, errmsg, "WeChat answered an error");
+                    tracing::debug!(app = %app.name, api, errcode = code, errmsg, "WeChat answered an error");
                 }
-                metrics::weixin_call(api, &outcome, elapsed);
+                metrics::weixin_call(app.name, api, &outcome, elapsed);
             }
             // Logged once, where the error becomes the client's answer.
-            Err((outcome, _)) => metrics::weixin_call(api, outcome, elapsed),
+            Err((outcome, _)) => metrics::weixin_call(app.name, api, outcome, elapsed),
         }
         result.map_err(|(_, e)| e)
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::apps::App;
 use crate::error::Error;
 use crate::metrics;
 use crate::session::SessionStore;
@@ -32,9 +33,15 @@ pub trait TokenSource {
     fn fetch(&self, force_refresh: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send;
 }
 
-impl TokenSource for WeixinClient {
+/// One app's tokens from WeChat.
+pub struct StableToken<'a> {
+    pub client: &'a WeixinClient,
+    pub app: &'a App,
+}
+
+impl TokenSource for StableToken<'_> {
     fn fetch(&self, force_refresh: bool) -> impl Future<Output = Result<AccessToken, Error>> + Send {
-        self.stable_token(force_refresh)
+        self.client.stable_token(self.app, force_refresh)
     }
 }
 
@@ -49,15 +56,24 @@ struct Cached {
     expires_at: Instant,
 }
 
-#[derive(Default)]
+/// One app's access token, shared by every worker.
 pub struct AccessTokenProvider {
+    /// The app's name, for the metrics.
+    app: &'static str,
+    /// The app's AppID: the forced-refresh claim is per app.
+    appid: Box<str>,
     cached: Mutex<Option<Cached>>,
     fetch: tokio::sync::Mutex<()>,
 }
 
 impl AccessTokenProvider {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(app: &'static str, appid: &str) -> Self {
+        Self {
+            app,
+            appid: appid.into(),
+            cached: Mutex::default(),
+            fetch: tokio::sync::Mutex::default(),
+        }
     }
 
     fn current(&self) -> Option<Cached> {
@@ -92,7 +108,7 @@ impl AccessTokenProvider {
                 return match self.fetch_and_store(client, false, "refresh").await {
                     Ok(t) => Ok(t),
                     Err(e) => {
-                        tracing::warn!(error = %e, "access token refresh failed; the current one is still valid");
+                        tracing::warn!(app = self.app, error = %e, "access token refresh failed; the current one is still valid");
                         Ok(c.token)
                     }
                 };
@@ -125,12 +141,15 @@ impl AccessTokenProvider {
         if &*stable != rejected {
             return Ok(stable);
         }
-        if !store.claim_force_refresh().await? {
+        if !store.claim_force_refresh(&self.appid).await? {
             return Err(Error::Weixin(
                 "WeChat rejected its current access token, and a forced refresh was made less than 30 s ago".into(),
             ));
         }
-        tracing::info!("WeChat hands back the access token it rejected; forcing a refresh");
+        tracing::info!(
+            app = self.app,
+            "WeChat hands back the access token it rejected; forcing a refresh"
+        );
         self.fetch_and_store(client, true, "forced").await
     }
 
@@ -141,7 +160,7 @@ impl AccessTokenProvider {
         reason: &'static str,
     ) -> Result<Arc<str>, Error> {
         let fetched = client.fetch(force).await?;
-        metrics::access_token_fetch(reason);
+        metrics::access_token_fetch(self.app, reason);
         let now = Instant::now();
         let life = Duration::from_secs(fetched.expires_in.max(1));
         let margin = REFRESH_MARGIN.min(life / 2);
@@ -193,7 +212,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_fetch_and_the_token_is_cached() {
-        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+        let (p, s) = (AccessTokenProvider::new("default", "wxtest"), stub(7200));
         let all = futures_util::future::join_all((0..50).map(|_| p.get(&s))).await;
         assert!(all.iter().all(|t| t.as_ref().is_ok_and(|t| &**t == "t1")));
         tokio::time::advance(Duration::from_secs(7200 - 301)).await;
@@ -203,7 +222,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_token_is_refreshed_ahead_of_expiry() {
-        let (p, s) = (AccessTokenProvider::new(), stub(7200));
+        let (p, s) = (AccessTokenProvider::new("default", "wxtest"), stub(7200));
         assert_eq!(&*p.get(&s).await.unwrap(), "t1");
         // Inside the margin, before expiry: refreshed, without waiting for expiry.
         tokio::time::advance(Duration::from_secs(7200 - 200)).await;
@@ -244,7 +263,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rejection_first_asks_without_forcing() {
-        let (p, s, store) = (AccessTokenProvider::new(), stub(7200), store());
+        let (p, s, store) = (AccessTokenProvider::new("default", "wxtest"), stub(7200), store());
         let t1 = p.get(&s).await.unwrap();
         // The stub hands a new token on every fetch: another replica had
         // refreshed already, so no force is needed.
@@ -256,7 +275,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_force_only_when_wechat_hands_back_the_rejected_token_and_once_per_30_s() {
-        let (p, s, store) = (AccessTokenProvider::new(), StableStub::default(), store());
+        let (p, s, store) = (
+            AccessTokenProvider::new("default", "wxtest"),
+            StableStub::default(),
+            store(),
+        );
         let t1 = p.get(&s).await.unwrap();
         assert_eq!(&*t1, "t1");
         let all = futures_util::future::join_all((0..9).map(|_| p.refresh_after_rejection(&s, &t1, &store))).await;
@@ -276,7 +299,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_short_lifetime_refreshes_at_half_life() {
-        let (p, s) = (AccessTokenProvider::new(), stub(60));
+        let (p, s) = (AccessTokenProvider::new("default", "wxtest"), stub(60));
         assert_eq!(&*p.get(&s).await.unwrap(), "t1");
         tokio::time::advance(Duration::from_secs(29)).await;
         assert_eq!(&*p.get(&s).await.unwrap(), "t1");

@@ -309,11 +309,12 @@ async fn login_metrics_are_exported() {
     gate.post("/api/login", None, json!({"code": "fail:40029"})).await;
     let ok = eventually(async || {
         let m = gate.admin_get("/metrics").await.text();
-        m.contains(r#"wxgate_weixin_calls_total{api="jscode2session",outcome="ok"}"#)
-            && m.contains(r#"wxgate_weixin_calls_total{api="jscode2session",outcome="40029"}"#)
+        m.contains(r#"wxgate_weixin_calls_total{api="jscode2session",app="default",outcome="ok"}"#)
+            && m.contains(r#"wxgate_weixin_calls_total{api="jscode2session",app="default",outcome="40029"}"#)
             && m.contains("wxgate_weixin_call_duration_seconds_bucket")
             && m.contains("wxgate_login_code_cache_hits_total")
-            && !m.contains("wxgate_login_code_cache_hits_total 0")
+            && !m.contains(r#"wxgate_login_code_cache_hits_total{app="default"} 0"#)
+            && m.contains(r#"wxgate_logins_total{app="default",outcome="ok"} 2"#)
             && m.contains("wxgate_sessions ")
             && !m.contains("wxgate_sessions 0")
             && m.contains(r#"wxgate_requests_total{route="login",status="200"}"#)

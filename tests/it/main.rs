@@ -10,6 +10,7 @@
 mod common;
 
 mod anti_spoofing;
+mod apps;
 mod bad_input;
 mod cli;
 mod demo;

@@ -15,6 +15,7 @@ fn mint(fake: &FakeWeixin, user: &str, phone: &str) -> Minted {
         pure_phone_number: phone.trim_start_matches("+86").into(),
         country_code: "86".into(),
         appid: None,
+        watermark_appid: None,
         timestamp: None,
     })
     .unwrap()
@@ -135,6 +136,7 @@ async fn refusals_never_reach_the_upstream() {
             pure_phone_number: "13580006666".into(),
             country_code: "86".into(),
             appid: Some("wx0000000000other".into()),
+            watermark_appid: None,
             timestamp: None,
         })
         .unwrap();
@@ -314,6 +316,7 @@ async fn max_age_bounds_the_watermark() {
             pure_phone_number: "13580006666".into(),
             country_code: "86".into(),
             appid: None,
+            watermark_appid: None,
             timestamp: Some(1_477_314_187),
         })
         .unwrap();

@@ -31,6 +31,7 @@ fn mint(fake: &FakeWeixin, user: &str, phone: &str) -> Value {
             pure_phone_number: phone.into(),
             country_code: "86".into(),
             appid: None,
+            watermark_appid: None,
             timestamp: None,
         })
         .unwrap();

@@ -240,7 +240,7 @@ async fn the_login_code_never_reaches_the_backend() {
     assert!(
         eventually(async || {
             let text = gate.admin_get("/metrics").await.text();
-            metric_value(&text, "wxgate_login_code_cache_hits_total").is_some_and(|n| n >= 1.0)
+            metric_value(&text, r#"wxgate_login_code_cache_hits_total{app="default"}"#).is_some_and(|n| n >= 1.0)
         })
         .await
     );
@@ -599,6 +599,7 @@ async fn stale_phone_data_is_refused_by_default() {
             pure_phone_number: "13800138000".into(),
             country_code: "86".into(),
             appid: None,
+            watermark_appid: None,
             timestamp: Some(1_000_000_000),
         })
         .unwrap();

@@ -1,6 +1,7 @@
 //! A fake `api.weixin.qq.com`: the four endpoints wxgate calls, driven by the codes you send.
 //!
-//! It ships in the product (`wxgate fake-weixin --listen ADDR --appid .. --secret ..`) so that
+//! It ships in the product (`wxgate fake-weixin --listen ADDR --appid .. --secret ..`, or
+//! `--app wxA:secretA --app wxB:secretB` for several mini programs) so that
 //! users can test their backend end to end in CI without WeChat, and wxgate's own integration
 //! tests run it in-process ([`FakeWeixin::spawn_local`]). It never panics on any input, answers
 //! WeChat's endpoints with JSON labelled `Content-Type: text/plain` (as the real server does),
@@ -19,7 +20,8 @@
 //!
 //! # Login codes (`GET /sns/jscode2session`)
 //!
-//! The query must carry the fake's `appid` (else errcode 40013) and `secret` (else 40125),
+//! The query must carry one of the fake's apps' `appid` (else errcode 40013) and that app's
+//! `secret` (else 40125),
 //! `grant_type=authorization_code` (else 40002) and a non-empty `js_code` (else 40029). The
 //! `js_code` is read as follows:
 //!
@@ -34,10 +36,14 @@
 //!
 //! - `<user>` is everything before the first `.`; it must not be empty. Its openid is
 //!   [`FakeWeixin::openid_for`]`(user)` (`oFAKE<user>`), its unionid `UFAKE<user>`.
-//! - Each exact code succeeds once; presenting it again answers 40163 ("code been used").
+//! - Each exact code succeeds once per app; presenting it again answers 40163 ("code been
+//!   used").
 //!   Failures (`fail:`, `busy:` while busy, `garbage`, `http:`) do not use the code up.
 //! - Every successful login issues a new random `session_key` and makes it the user's current
-//!   key ([`FakeWeixin::session_key`]); `/__fake/mint` encrypts under it.
+//!   key in that app ([`FakeWeixin::session_key`], [`FakeWeixin::session_key_in`]);
+//!   `/__fake/mint` encrypts under it.
+//! - With several apps, a user has one openid in all of them (WeChat's differ per app; the same
+//!   one is the harder test of wxgate keeping apps apart), and a session key per app.
 //! - `slow:` and `busy:` nest and combine: `slow:300:busy:2:alice.7`.
 //! - A malformed directive (`busy:x:alice`, `fail:abc`, `http:99`) answers 40029.
 //!
@@ -49,7 +55,7 @@
 //! - `POST /cgi-bin/stable_token` with `{"grant_type": "client_credential", "appid", "secret",
 //!   "force_refresh": false}` returns the current stable token (created on first use) and the
 //!   seconds it has left. `force_refresh: true` replaces it at once: the old one is invalid from
-//!   then on. Bad JSON answers 47001, a wrong `grant_type` 40002, a wrong appid/secret
+//!   then on. Each app has its own stable token. Bad JSON answers 47001, a wrong `grant_type` 40002, a wrong appid/secret
 //!   40013/40125.
 //! - [`FakeWeixin::expire_access_tokens`] (or `POST /__fake/expire_tokens`) invalidates every
 //!   token issued so far: the next use answers 40001, and the next `stable_token` call issues a
@@ -69,7 +75,7 @@
 //! | anything else | 40029 |
 //!
 //! Success is `{"errcode": 0, "errmsg": "ok", "phone_info": {"phoneNumber", "purePhoneNumber",
-//! "countryCode", "watermark": {"timestamp": <now>, "appid": <the fake's appid>}}}` where
+//! "countryCode", "watermark": {"timestamp": <now>, "appid": <the token's app's appid>}}}` where
 //! `phoneNumber` is `<pure>` for country code 86 and `+<countryCode><pure>` otherwise.
 //! `<pure>` is 1 to 20 digits, `<countryCode>` 1 to 4 digits. Each exact code succeeds once; a
 //! reuse answers 40029.
@@ -77,16 +83,20 @@
 //! # Control endpoints (not WeChat's; JSON with `Content-Type: application/json`)
 //!
 //! - `POST /__fake/mint` with a [`MintRequest`] (`{"user", "phoneNumber", "purePhoneNumber",
-//!   "countryCode", "appid"?, "timestamp"?}`) answers `{"encryptedData", "iv"}`: the legacy
-//!   phone payload encrypted under the user's current session key. 404 if the user never
-//!   logged in, 400 for a malformed request.
+//!   "countryCode", "appid"?, "watermarkAppid"?, "timestamp"?}`) answers `{"encryptedData",
+//!   "iv"}`: the legacy phone payload encrypted under the user's current session key in the app
+//!   `appid` (the first app when absent or not one of the fake's), with that `appid` in the
+//!   watermark unless `watermarkAppid` says otherwise. 404 if the user never logged in to that
+//!   app, 400 for a malformed request.
 //! - `POST /__fake/expire_tokens` answers `{"ok": true}`.
 //! - `POST /__fake/revoke_tokens` answers `{"ok": true}`: every token issued so far fails at
 //!   the APIs (40001), but `stable_token` keeps handing out the current one until it is forced
 //!   ([`FakeWeixin::revoke_access_tokens`]).
 //! - `GET /__fake/stats` answers `{"jscode2session", "token", "stable_token",
-//!   "getuserphonenumber", "stable_token_forced", "connections"}`: requests received per
-//!   endpoint (whatever the answer), forced stable-token refreshes, and TCP connections accepted.
+//!   "getuserphonenumber", "stable_token_forced", "connections", "apps"}`: requests received per
+//!   endpoint (whatever the answer), forced stable-token refreshes, TCP connections accepted,
+//!   and under `"apps"` each app's `{"jscode2session", "stable_token", "getuserphonenumber"}`:
+//!   the calls made with its credentials or tokens.
 //!
 //! Anything else is 404 `{"errcode": -1, "errmsg": "not found"}`. A WeChat endpoint called with
 //! the wrong method answers 43001 ("require GET method") or 43002 ("require POST method").
@@ -163,7 +173,7 @@ impl Api {
 }
 
 /// What to encrypt for `/__fake/mint`: a legacy phone payload for a user who has logged in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MintRequest {
     /// The user name from the login code (`alice` for `alice.3`).
@@ -172,9 +182,14 @@ pub struct MintRequest {
     pub pure_phone_number: String,
     /// Minted as a JSON string, like WeChat's decrypted payloads.
     pub country_code: String,
-    /// The watermark's appid; the fake's own appid when absent.
+    /// The app whose session key encrypts, and the watermark's appid; the fake's first app
+    /// when absent. An appid that is none of the fake's apps is only written in the watermark
+    /// (the first app's key encrypts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appid: Option<String>,
+    /// The watermark's appid when it must differ from `appid` (data "of another app").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_appid: Option<String>,
     /// The watermark's Unix timestamp; now when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
@@ -196,8 +211,8 @@ pub enum MintError {
 }
 
 struct Inner {
-    appid: String,
-    secret: String,
+    /// (appid, secret) of each app; the first is the default.
+    apps: Vec<(String, String)>,
     calls: [AtomicU64; Api::COUNT],
     connections: AtomicU64,
     state: Mutex<State>,
@@ -205,16 +220,20 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    used_login_codes: HashSet<String>,
-    used_phone_codes: HashSet<String>,
+    /// (app, code) of used login codes: each app's codes are its own.
+    used_login_codes: HashSet<(usize, String)>,
+    used_phone_codes: HashSet<(usize, String)>,
     /// Times each `busy:` directive was reached, keyed by the whole code and the directive's
     /// byte offset in it (so `busy:1:busy:2:x` has two counters).
     busy_seen: HashMap<(String, usize), u64>,
-    session_keys: HashMap<String, SessionKey>,
-    /// Tokens from `/cgi-bin/token` and when they expire.
-    access_tokens: HashMap<String, Instant>,
-    /// The current stable token and when it expires.
-    stable_token: Option<(String, Instant)>,
+    /// (appid, user) → the current session key.
+    session_keys: HashMap<(String, String), SessionKey>,
+    /// Tokens from `/cgi-bin/token`: their app and when they expire.
+    access_tokens: HashMap<String, (usize, Instant)>,
+    /// Each app's current stable token and when it expires.
+    stable_tokens: HashMap<usize, (String, Instant)>,
+    /// Per app: jscode2session, stable_token and getuserphonenumber calls it made.
+    app_calls: HashMap<usize, [u64; 3]>,
     /// Tokens refused by the APIs though `stable_token` still hands them out
     /// until forced ([`FakeWeixin::revoke_access_tokens`]).
     revoked: HashSet<String>,
@@ -223,34 +242,55 @@ struct State {
 }
 
 impl State {
-    fn token_is_valid(&self, token: &str, now: Instant) -> bool {
+    /// The app of a valid token.
+    fn token_app(&self, token: &str, now: Instant) -> Option<usize> {
         if self.revoked.contains(token) {
-            return false;
+            return None;
         }
-        let plain = self.access_tokens.get(token).is_some_and(|expiry| *expiry > now);
-        let stable = self
-            .stable_token
-            .as_ref()
-            .is_some_and(|(current, expiry)| current == token && *expiry > now);
-        plain || stable
+        let plain = self
+            .access_tokens
+            .get(token)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(app, _)| *app);
+        plain.or_else(|| {
+            self.stable_tokens
+                .iter()
+                .find(|(_, (current, expiry))| current == token && *expiry > now)
+                .map(|(app, _)| *app)
+        })
+    }
+
+    fn app_call(&mut self, app: usize, which: usize) {
+        self.app_calls.entry(app).or_default()[which] += 1;
     }
 }
+
+/// Indexes into [`State::app_calls`].
+const APP_LOGIN: usize = 0;
+const APP_STABLE_TOKEN: usize = 1;
+const APP_PHONE: usize = 2;
 
 impl fmt::Debug for FakeWeixin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FakeWeixin")
-            .field("appid", &self.inner.appid)
+            .field("appids", &self.inner.apps.iter().map(|(a, _)| a).collect::<Vec<_>>())
             .field("secret", &"[redacted]")
             .finish_non_exhaustive()
     }
 }
 
 impl FakeWeixin {
+    /// A fake WeChat with one mini program.
     pub fn new(appid: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self::with_apps([(appid.into(), secret.into())])
+    }
+
+    /// A fake WeChat with several mini programs, `(appid, secret)` each; the first is the
+    /// default of `/__fake/mint`.
+    pub fn with_apps(apps: impl IntoIterator<Item = (String, String)>) -> Self {
         FakeWeixin {
             inner: Arc::new(Inner {
-                appid: appid.into(),
-                secret: secret.into(),
+                apps: apps.into_iter().collect(),
                 calls: Default::default(),
                 connections: AtomicU64::new(0),
                 state: Mutex::new(State::default()),
@@ -336,15 +376,54 @@ impl FakeWeixin {
         fake_id("oFAKE", user)
     }
 
-    /// The user's current session key: the one issued by their last successful login.
+    /// The user's current session key in the first app: the one issued by their last
+    /// successful login.
     pub fn session_key(&self, user: &str) -> Option<SessionKey> {
-        self.state().session_keys.get(user).copied()
+        self.session_key_in(self.first_appid(), user)
     }
 
-    /// Encrypts a legacy phone payload under the user's current session key, with a random iv.
+    /// The user's current session key in the app `appid`.
+    pub fn session_key_in(&self, appid: &str, user: &str) -> Option<SessionKey> {
+        self.state()
+            .session_keys
+            .get(&(appid.to_owned(), user.to_owned()))
+            .copied()
+    }
+
+    /// Calls to `api` made with the credentials (or tokens) of the app `appid`; 0 for
+    /// [`Api::Token`], which is not counted per app.
+    pub fn app_calls(&self, appid: &str, api: Api) -> u64 {
+        let Some(app) = self.app_index(appid) else {
+            return 0;
+        };
+        let which = match api {
+            Api::Jscode2Session => APP_LOGIN,
+            Api::StableToken => APP_STABLE_TOKEN,
+            Api::GetUserPhoneNumber => APP_PHONE,
+            Api::Token => return 0,
+        };
+        self.state().app_calls.get(&app).map_or(0, |c| c[which])
+    }
+
+    fn first_appid(&self) -> &str {
+        self.inner.apps.first().map_or("", |(a, _)| a)
+    }
+
+    fn app_index(&self, appid: &str) -> Option<usize> {
+        self.inner.apps.iter().position(|(a, _)| a == appid)
+    }
+
+    /// Encrypts a legacy phone payload under the user's current session key in the app
+    /// `request.appid`, with a random iv.
     pub fn mint_phone(&self, request: &MintRequest) -> Result<Minted, MintError> {
+        let appid = request.appid.as_deref().unwrap_or(self.first_appid());
+        let key_app = if self.app_index(appid).is_some() {
+            appid
+        } else {
+            self.first_appid()
+        };
         let key = self
-            .session_key(&request.user)
+            .session_key_in(key_app, &request.user)
             .ok_or_else(|| MintError::NeverLoggedIn {
                 user: request.user.clone(),
             })?;
@@ -353,7 +432,7 @@ impl FakeWeixin {
             "purePhoneNumber": request.pure_phone_number,
             "countryCode": request.country_code,
             "watermark": {
-                "appid": request.appid.as_deref().unwrap_or(&self.inner.appid),
+                "appid": request.watermark_appid.as_deref().unwrap_or(appid),
                 "timestamp": request.timestamp.unwrap_or_else(unix_now),
             },
         });
@@ -374,7 +453,7 @@ impl FakeWeixin {
             .access_tokens
             .keys()
             .cloned()
-            .chain(state.stable_token.iter().map(|(t, _)| t.clone()))
+            .chain(state.stable_tokens.values().map(|(t, _)| t.clone()))
             .collect();
         state.revoked.extend(current);
     }
@@ -388,7 +467,7 @@ impl FakeWeixin {
     pub fn expire_access_tokens(&self) {
         let mut state = self.state();
         state.access_tokens.clear();
-        state.stable_token = None;
+        state.stable_tokens.clear();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -468,9 +547,11 @@ impl FakeWeixin {
     }
 
     async fn jscode2session(&self, query: &HashMap<String, String>) -> Answer {
-        if let Err(answer) = self.check_app_credentials(query) {
-            return answer;
-        }
+        let app = match self.check_app_credentials(query) {
+            Ok(app) => app,
+            Err(answer) => return answer,
+        };
+        self.state().app_call(app, APP_LOGIN);
         if query.get("grant_type").map(String::as_str) != Some("authorization_code") {
             return Answer::errcode(40002);
         }
@@ -490,10 +571,11 @@ impl FakeWeixin {
         {
             let mut state = self.state();
             // Checked at the moment of success, so two concurrent uses cannot both win.
-            if !state.used_login_codes.insert(code.clone()) {
+            if !state.used_login_codes.insert((app, code.clone())) {
                 return Answer::errcode(40163);
             }
-            state.session_keys.insert(user.to_owned(), session_key);
+            let appid = self.inner.apps[app].0.clone();
+            state.session_keys.insert((appid, user.to_owned()), session_key);
         }
         let mut body = serde_json::Map::new();
         body.insert("openid".to_owned(), json!(FakeWeixin::openid_for(user)));
@@ -508,13 +590,14 @@ impl FakeWeixin {
         if query.get("grant_type").map(String::as_str) != Some("client_credential") {
             return Answer::errcode(40002);
         }
-        if let Err(answer) = self.check_app_credentials(query) {
-            return answer;
-        }
+        let app = match self.check_app_credentials(query) {
+            Ok(app) => app,
+            Err(answer) => return answer,
+        };
         let token = new_access_token();
         self.state()
             .access_tokens
-            .insert(token.clone(), Instant::now() + TOKEN_LIFETIME);
+            .insert(token.clone(), (app, Instant::now() + TOKEN_LIFETIME));
         Answer::WeChat(json!({"access_token": token, "expires_in": TOKEN_LIFETIME.as_secs()}))
     }
 
@@ -533,22 +616,21 @@ impl FakeWeixin {
         if request.grant_type.as_deref() != Some("client_credential") {
             return Answer::errcode(40002);
         }
-        if request.appid.as_deref() != Some(self.inner.appid.as_str()) {
-            return Answer::errcode(40013);
-        }
-        if request.secret.as_deref() != Some(self.inner.secret.as_str()) {
-            return Answer::errcode(40125);
-        }
+        let app = match self.credentials(request.appid.as_deref(), request.secret.as_deref()) {
+            Ok(app) => app,
+            Err(answer) => return answer,
+        };
         let now = Instant::now();
         let mut state = self.state();
+        state.app_call(app, APP_STABLE_TOKEN);
         if request.force_refresh {
             state.forced_refreshes += 1;
         }
-        let (token, expiry) = match &state.stable_token {
+        let (token, expiry) = match state.stable_tokens.get(&app) {
             Some((token, expiry)) if *expiry > now && !request.force_refresh => (token.clone(), *expiry),
             _ => {
                 let fresh = (new_access_token(), now + TOKEN_LIFETIME);
-                state.stable_token = Some(fresh.clone());
+                state.stable_tokens.insert(app, fresh.clone());
                 fresh
             }
         };
@@ -559,9 +641,14 @@ impl FakeWeixin {
     }
 
     async fn get_user_phone_number(&self, token: &str, body: Option<&[u8]>) -> Answer {
-        if !self.state().token_is_valid(token, Instant::now()) {
-            return Answer::errcode(40001);
-        }
+        let app = {
+            let mut state = self.state();
+            let Some(app) = state.token_app(token, Instant::now()) else {
+                return Answer::errcode(40001);
+            };
+            state.app_call(app, APP_PHONE);
+            app
+        };
         let Some(Value::Object(request)) = body.and_then(|body| serde_json::from_slice::<Value>(body).ok()) else {
             return Answer::errcode(47001);
         };
@@ -588,7 +675,7 @@ impl FakeWeixin {
         } else {
             return Answer::errcode(40029);
         };
-        if !self.state().used_phone_codes.insert(code.clone()) {
+        if !self.state().used_phone_codes.insert((app, code.clone())) {
             return Answer::errcode(40029);
         }
         Answer::WeChat(json!({
@@ -598,7 +685,7 @@ impl FakeWeixin {
                 "phoneNumber": phone_number,
                 "purePhoneNumber": pure,
                 "countryCode": country_code,
-                "watermark": {"timestamp": unix_now(), "appid": self.inner.appid},
+                "watermark": {"timestamp": unix_now(), "appid": self.inner.apps[app].0},
             },
         }))
     }
@@ -616,7 +703,21 @@ impl FakeWeixin {
     }
 
     fn stats(&self) -> Value {
+        let apps: serde_json::Map<String, Value> = self
+            .inner
+            .apps
+            .iter()
+            .map(|(appid, _)| {
+                let calls = json!({
+                    "jscode2session": self.app_calls(appid, Api::Jscode2Session),
+                    "stable_token": self.app_calls(appid, Api::StableToken),
+                    "getuserphonenumber": self.app_calls(appid, Api::GetUserPhoneNumber),
+                });
+                (appid.clone(), calls)
+            })
+            .collect();
         json!({
+            "apps": apps,
             "jscode2session": self.calls(Api::Jscode2Session),
             "token": self.calls(Api::Token),
             "stable_token": self.calls(Api::StableToken),
@@ -626,14 +727,24 @@ impl FakeWeixin {
         })
     }
 
-    fn check_app_credentials(&self, query: &HashMap<String, String>) -> Result<(), Answer> {
-        if query.get("appid") != Some(&self.inner.appid) {
-            return Err(Answer::errcode(40013));
-        }
-        if query.get("secret") != Some(&self.inner.secret) {
+    /// The app of a query's `appid` and `secret`.
+    fn check_app_credentials(&self, query: &HashMap<String, String>) -> Result<usize, Answer> {
+        self.credentials(
+            query.get("appid").map(String::as_str),
+            query.get("secret").map(String::as_str),
+        )
+    }
+
+    /// The app of an appid and its secret: 40013 for an unknown appid, 40125 for a secret
+    /// that is not that app's.
+    fn credentials(&self, appid: Option<&str>, secret: Option<&str>) -> Result<usize, Answer> {
+        let app = appid
+            .and_then(|a| self.app_index(a))
+            .ok_or_else(|| Answer::errcode(40013))?;
+        if secret != Some(self.inner.apps[app].1.as_str()) {
             return Err(Answer::errcode(40125));
         }
-        Ok(())
+        Ok(app)
     }
 
     /// Peels `slow:`, `busy:`, `fail:`, `garbage` and `http:` off a code. `Ok` is what is left

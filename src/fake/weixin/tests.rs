@@ -485,6 +485,7 @@ async fn minted_data_decrypts_under_the_current_session_key() {
         pure_phone_number: "2025550123".to_owned(),
         country_code: "1".to_owned(),
         appid: None,
+        watermark_appid: None,
         timestamp: None,
     };
     assert_eq!(
@@ -555,6 +556,7 @@ fn mint_request_uses_camel_case_names() {
         pure_phone_number: "2".to_owned(),
         country_code: "86".to_owned(),
         appid: Some("wx".to_owned()),
+        watermark_appid: None,
         timestamp: Some(7),
     };
     let value = serde_json::to_value(&request).unwrap();
@@ -610,7 +612,8 @@ async fn stats_count_requests_and_pooled_connections() {
     let reply = h.get("/__fake/stats").await;
     assert_eq!(
         reply.json,
-        json!({"jscode2session": 3, "token": 1, "stable_token": 1, "getuserphonenumber": 1, "stable_token_forced": 0, "connections": 1})
+        json!({"jscode2session": 3, "token": 1, "stable_token": 1, "getuserphonenumber": 1, "stable_token_forced": 0, "connections": 1,
+            "apps": {APPID: {"jscode2session": 3, "stable_token": 1, "getuserphonenumber": 1}}})
     );
     assert_eq!(h.fake.calls(Api::Jscode2Session), 3);
     assert_eq!(h.fake.calls(Api::GetUserPhoneNumber), 1);

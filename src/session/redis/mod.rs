@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use self::conn::{AnyConn, Target, WorkerConn};
 use self::seal::{Keys, Kind};
 use super::{FORCE_REFRESH_EVERY, Issued, Login, PhoneNumber, Session, SessionStore, SessionToken, unix_now};
+use crate::apps::{App, Apps};
 use crate::config::{RedisConfig, SessionConfig};
 use crate::error::Error;
 use crate::metrics;
@@ -70,6 +71,8 @@ const PENDING: &[u8] = b"P";
 pub struct RedisShared {
     target: Arc<Target>,
     keys: Keys,
+    /// The configured apps' AppIDs, by index.
+    appids: Arc<[Box<str>]>,
     channel: String,
     timeout: Duration,
     connect_timeout: Duration,
@@ -116,9 +119,10 @@ impl Health {
 /// A session as stored (JSON, then sealed).
 #[derive(Serialize, Deserialize)]
 struct Stored {
-    /// The app's index (several mini programs).
-    #[serde(default, rename = "a")]
-    app: u16,
+    /// The app's AppID (several mini programs): not its index, which may
+    /// differ between replicas while a deploy adds an app.
+    #[serde(rename = "a")]
+    appid: String,
     #[serde(rename = "o")]
     openid: String,
     #[serde(default, rename = "u", skip_serializing_if = "Option::is_none")]
@@ -132,9 +136,12 @@ struct Stored {
 }
 
 impl Stored {
-    fn of(s: &Session) -> Self {
+    fn of(s: &Session, appids: &[Box<str>]) -> Self {
         Self {
-            app: 0,
+            appid: appids
+                .get(usize::from(s.app()))
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             openid: s.openid().to_owned(),
             unionid: s.unionid().map(str::to_owned),
             key: s.session_key().to_base64(),
@@ -149,9 +156,15 @@ impl Stored {
         }
     }
 
-    fn session(self) -> Option<Session> {
+    /// The session, when its app is still configured here.
+    fn session(self, appids: &[Box<str>]) -> Option<Session> {
         let key = SessionKey::from_base64(&self.key).ok()?;
-        let session = Session::new(&self.openid, self.unionid.as_deref(), key, self.created_at);
+        let Some(app) = appids.iter().position(|a| **a == *self.appid) else {
+            tracing::warn!(appid = %self.appid, "a stored session is of an app not configured here; treated as absent");
+            return None;
+        };
+        let app = u16::try_from(app).ok()?;
+        let session = Session::new(&self.openid, self.unionid.as_deref(), key, self.created_at).in_app(app);
         Some(match self.phone {
             Some([phone_number, pure_phone_number, country_code]) => session.with_phone(PhoneNumber {
                 phone_number: phone_number.into(),
@@ -190,6 +203,7 @@ impl RedisShared {
         config: &RedisConfig,
         session: &SessionConfig,
         weixin_timeout: Duration,
+        apps: &Apps,
     ) -> Result<Arc<Self>, TargetError> {
         let l1 = (!config.l1_ttl.0.is_zero()).then(|| {
             Cache::builder()
@@ -203,6 +217,7 @@ impl RedisShared {
         Ok(Arc::new(Self {
             target: Arc::new(Target::new(config)?),
             keys: Keys::new(config.secret.expose().as_bytes(), &config.key_prefix),
+            appids: apps.all().iter().map(|a| a.appid.clone()).collect(),
             channel: format!("{}revoked", config.key_prefix),
             timeout: config.timeout.get(),
             connect_timeout: config.connect_timeout.get(),
@@ -324,7 +339,7 @@ impl RedisStore {
         let Some(sealed) = self.get_bytes("get_session", name).await? else {
             return Ok(None);
         };
-        Ok(open_session(&self.shared.keys, token, name, &sealed))
+        Ok(open_session(&self.shared, token, name, &sealed))
     }
 
     async fn publish(&self, name: &str) -> Result<(), Error> {
@@ -344,12 +359,12 @@ impl RedisStore {
     }
 }
 
-fn open_session(keys: &Keys, token: &SessionToken, name: &str, sealed: &[u8]) -> Option<Session> {
-    let opened = keys.open(Kind::Session, &[token.as_bytes()], name, sealed);
+fn open_session(shared: &RedisShared, token: &SessionToken, name: &str, sealed: &[u8]) -> Option<Session> {
+    let opened = shared.keys.open(Kind::Session, &[token.as_bytes()], name, sealed);
     let session = opened
         .ok()
         .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok())
-        .and_then(Stored::session);
+        .and_then(|stored| stored.session(&shared.appids));
     if session.is_none() {
         tracing::warn!("a stored session does not open; treated as absent");
     }
@@ -406,10 +421,11 @@ impl SessionStore for RedisStore {
         async move {
             let shared = &self.shared;
             let (digest, name) = self.session_name(&token);
-            let plain = serde_json::to_vec(&Stored::of(&session)).unwrap_or_default();
+            let stored = Stored::of(&session, &shared.appids);
+            let index = self.user_index(&stored.appid, session.openid());
+            let plain = serde_json::to_vec(&stored).unwrap_or_default();
             let sealed = shared.keys.seal(Kind::Session, &[token.as_bytes()], &name, &plain);
             let expires_ms = (session.created_at() + shared.ttl.as_secs()) * 1000;
-            let index = self.user_index("", session.openid());
             let _: Value = self
                 .query(
                     "insert_session",
@@ -454,10 +470,9 @@ impl SessionStore for RedisStore {
         .boxed()
     }
 
-    fn revoke_user(&self, openid: &str) -> BoxFuture<'_, Result<u64, Error>> {
-        let openid = openid.to_owned();
+    fn revoke_user<'a>(&'a self, app: &'a App, openid: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         async move {
-            let index = self.user_index("", &openid);
+            let index = self.user_index(&app.appid, openid);
             let names: Vec<String> = self
                 .query("revoke_user", Query::Cmd(redis::cmd("SMEMBERS").arg(&index)))
                 .await?;
@@ -481,11 +496,10 @@ impl SessionStore for RedisStore {
         .boxed()
     }
 
-    fn record_key(&self, openid: &str, key: SessionKey) -> BoxFuture<'_, Result<(), Error>> {
-        let openid = openid.to_owned();
+    fn record_key<'a>(&'a self, appid: &'a str, openid: &'a str, key: SessionKey) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             let shared = &self.shared;
-            let material: [&[u8]; 1] = [openid.as_bytes()];
+            let material: [&[u8]; 2] = [appid.as_bytes(), openid.as_bytes()];
             let name = shared.keys.name(Kind::KeyHistory, &material);
             let sealed = shared.keys.seal(Kind::KeyHistory, &material, &name, key.as_bytes());
             let mut pipe = redis::pipe();
@@ -508,11 +522,10 @@ impl SessionStore for RedisStore {
         .boxed()
     }
 
-    fn recent_keys(&self, openid: &str) -> BoxFuture<'_, Result<Vec<SessionKey>, Error>> {
-        let openid = openid.to_owned();
+    fn recent_keys<'a>(&'a self, appid: &'a str, openid: &'a str) -> BoxFuture<'a, Result<Vec<SessionKey>, Error>> {
         async move {
             let shared = &self.shared;
-            let material: [&[u8]; 1] = [openid.as_bytes()];
+            let material: [&[u8]; 2] = [appid.as_bytes(), openid.as_bytes()];
             let name = shared.keys.name(Kind::KeyHistory, &material);
             let sealed: Vec<Vec<u8>> = self
                 .query("recent_keys", Query::Cmd(redis::cmd("LRANGE").arg(&name).arg(0).arg(2)))
@@ -539,12 +552,13 @@ impl SessionStore for RedisStore {
 
     fn login<'a>(
         &'a self,
+        appid: &'a str,
         code: &'a str,
         exchange: BoxFuture<'a, Result<Issued, Error>>,
     ) -> BoxFuture<'a, Result<Login, Error>> {
         async move {
             let shared = &self.shared;
-            let material: [&[u8]; 1] = [code.as_bytes()];
+            let material: [&[u8]; 2] = [appid.as_bytes(), code.as_bytes()];
             let name = shared.keys.name(Kind::Code, &material);
             let mut exchange = Some(exchange);
             loop {
@@ -570,7 +584,7 @@ impl SessionStore for RedisStore {
                     let outcome = match &result {
                         Ok(issued) => Some(CodeOutcome::Issued {
                             token: URL_SAFE_NO_PAD.encode(issued.token.as_bytes()),
-                            session: Stored::of(&issued.session),
+                            session: Stored::of(&issued.session, &shared.appids),
                         }),
                         Err(Error::WeixinInvalidCode { errcode }) => Some(CodeOutcome::Refused { errcode: *errcode }),
                         Err(Error::UserBlocked) => Some(CodeOutcome::Refused { errcode: 40226 }),
@@ -617,9 +631,9 @@ impl SessionStore for RedisStore {
         .boxed()
     }
 
-    fn claim_force_refresh(&self) -> BoxFuture<'_, Result<bool, Error>> {
+    fn claim_force_refresh<'a>(&'a self, appid: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
         async move {
-            let name = self.shared.keys.name(Kind::RefreshLock, &[b""]);
+            let name = self.shared.keys.name(Kind::RefreshLock, &[appid.as_bytes()]);
             let taken: Value = self
                 .query(
                     "claim_force_refresh",
@@ -654,7 +668,7 @@ impl RedisStore {
         match outcome {
             Some(CodeOutcome::Issued { token, session }) => {
                 let token = SessionToken::parse(token.as_bytes());
-                match (token, session.session()) {
+                match (token, session.session(&self.shared.appids)) {
                     (Some(token), Some(session)) => Ok(Login {
                         issued: Issued { token, session },
                         fresh: false,
