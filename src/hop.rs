@@ -27,7 +27,7 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -219,6 +219,10 @@ fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
 /// `keep-alive` is skipped without a lookup (its header goes with the fixed
 /// ones); for the others, only a header that is there is looked up twice.
 fn remove_connection_listed(headers: &mut HeaderMap, keep: &[&str]) {
+    // `Connection: keep-alive`, the common case, names nothing to remove.
+    if connection_is_only(headers, "keep-alive") {
+        return;
+    }
     let mut listed: Vec<HeaderName> = Vec::new();
     for token in list_tokens(headers, &header::CONNECTION) {
         if token.eq_ignore_ascii_case("keep-alive")

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// What the request path tells the sweep about one connection.
 #[derive(Debug, Default)]
@@ -150,11 +150,84 @@ impl Drop for SlotGuard {
     }
 }
 
+/// Why a connection is asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Idle, or making room at `server.max_connections`: a short grace.
+    Idle,
+    /// The worker stops: whatever is in flight finishes.
+    Stop,
+}
+
+/// Asks one connection to close gracefully; its task waits on
+/// [`Close::signalled`] next to the connection. Polled at every wake of the
+/// connection, so it is a flag and a waker: a load, and a waker
+/// registration, where a `CancellationToken` takes a lock.
+#[derive(Clone, Default)]
+pub struct Close(Arc<CloseState>);
+
+#[derive(Default)]
+struct CloseState {
+    /// 0 until asked; then 1 + the [`Closing`] reason.
+    why: std::sync::atomic::AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Close {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the connection to close, for `why` (the first reason stays).
+    pub fn close(&self, why: Closing) {
+        let code = match why {
+            Closing::Idle => 1,
+            Closing::Stop => 2,
+        };
+        if self
+            .0
+            .why
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.0.waker.wake();
+        }
+    }
+
+    /// Whether the connection was asked to close.
+    #[cfg(test)]
+    pub fn is_closing(&self) -> bool {
+        self.0.why.load(Ordering::Acquire) != 0
+    }
+
+    fn reason(&self) -> Option<Closing> {
+        match self.0.why.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Closing::Idle),
+            _ => Some(Closing::Stop),
+        }
+    }
+
+    /// Resolves when the connection is asked to close, with the reason.
+    pub fn signalled(&self) -> impl Future<Output = Closing> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(why) = self.reason() {
+                return std::task::Poll::Ready(why);
+            }
+            self.0.waker.register(cx.waker());
+            match self.reason() {
+                Some(why) => std::task::Poll::Ready(why),
+                None => std::task::Poll::Pending,
+            }
+        })
+    }
+}
+
 /// One watched connection.
 struct Entry {
     activity: Arc<Activity>,
     /// Asks the connection to close gracefully.
-    close: CancellationToken,
+    close: Close,
     task: AbortHandle,
     /// `finished` when the connection was last seen quiet.
     finished: u64,
@@ -211,7 +284,7 @@ impl Watch {
     /// connections the ended ones are also forgotten here, whenever the list
     /// has doubled since the last time: amortised, a check per accept, and
     /// at most about twice the open connections (or 1024) kept between sweeps.
-    pub fn add(&mut self, activity: Arc<Activity>, close: CancellationToken, task: AbortHandle) {
+    pub fn add(&mut self, activity: Arc<Activity>, close: Close, task: AbortHandle) {
         if self.entries.len() >= self.prune_at {
             self.entries.retain(|e| !e.task.is_finished());
             self.prune_at = (self.entries.len() * 2).max(PRUNE_MIN);
@@ -271,13 +344,21 @@ impl Watch {
                 return true;
             }
             if now.saturating_duration_since(e.quiet_since) >= idle_timeout {
-                e.close.cancel();
+                e.close.close(Closing::Idle);
                 closed += 1;
                 return false;
             }
             true
         });
         (closed, cut)
+    }
+
+    /// Asks every open connection to finish what it serves and close (the
+    /// worker stops).
+    pub fn stop_all(&self) {
+        for e in &self.entries {
+            e.close.close(Closing::Stop);
+        }
     }
 
     /// Closes up to a batch of idle connections, the longest quiet first,
@@ -289,7 +370,7 @@ impl Watch {
         idle.sort_by_key(|&i| self.entries[i].quiet_since);
         idle.truncate(DRAIN_BATCH);
         for &i in &idle {
-            self.entries[i].close.cancel();
+            self.entries[i].close.close(Closing::Idle);
         }
         idle.len()
     }
@@ -303,10 +384,10 @@ mod tests {
 
     /// A task standing in for a connection: pending until aborted or
     /// asked to close.
-    fn connection() -> (CancellationToken, AbortHandle) {
-        let close = CancellationToken::new();
+    fn connection() -> (Close, AbortHandle) {
+        let close = Close::new();
         let c = close.clone();
-        let task = tokio::spawn(async move { c.cancelled().await });
+        let task = tokio::spawn(async move { c.signalled().await });
         (close, task.abort_handle())
     }
 
@@ -323,7 +404,7 @@ mod tests {
         assert_eq!(watch.sweep(start + Duration::from_secs(29)), (0, 0));
         assert_eq!(watch.sweep(start + Duration::from_secs(30)), (1, 0));
         assert!(watch.is_empty());
-        assert!(close.is_cancelled(), "asked to close, not aborted");
+        assert!(close.is_closing(), "asked to close, not aborted");
         tokio::task::yield_now().await;
         assert!(task.is_finished());
     }
@@ -380,7 +461,7 @@ mod tests {
         let stalled = start + Duration::from_secs(200);
         assert_eq!(watch.sweep(stalled + Duration::from_secs(29)), (0, 0));
         assert_eq!(watch.sweep(stalled + Duration::from_secs(59)), (0, 1));
-        assert!(!close.is_cancelled(), "cut, not closed gracefully");
+        assert!(!close.is_closing(), "cut, not closed gracefully");
         tokio::task::yield_now().await;
         assert!(task.is_finished());
         drop(request);
@@ -390,7 +471,7 @@ mod tests {
     async fn ended_connections_are_forgotten() {
         let mut watch = watch();
         let task = tokio::spawn(async {});
-        watch.add(Activity::new(), CancellationToken::new(), task.abort_handle());
+        watch.add(Activity::new(), Close::new(), task.abort_handle());
         task.await.unwrap();
         assert_eq!(watch.sweep(Instant::now()), (0, 0));
         assert!(watch.is_empty());
@@ -405,7 +486,7 @@ mod tests {
             let task = tokio::spawn(async {});
             let handle = task.abort_handle();
             task.await.unwrap();
-            watch.add(Activity::new(), CancellationToken::new(), handle);
+            watch.add(Activity::new(), Close::new(), handle);
         }
         assert!(watch.len() <= PRUNE_MIN + 1, "{} entries kept", watch.len());
         // The open connection is still watched.
@@ -425,7 +506,7 @@ mod tests {
         let (idle_close, idle_task) = connection();
         watch.add(Activity::new(), idle_close.clone(), idle_task);
         assert_eq!(watch.close_idle(), 1);
-        assert!(idle_close.is_cancelled() && !busy_close.is_cancelled());
+        assert!(idle_close.is_closing() && !busy_close.is_closing());
         drop(b);
         assert!(slots.take().is_some(), "a closed connection gives its place back");
         let tunnel = a.clone();

@@ -398,9 +398,6 @@ async fn worker(
     let mut sweep = tokio::time::interval(watch.period());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let connections = TaskTracker::new();
-    // Cancelled when the listener closes: every connection then finishes
-    // what it serves and closes (HTTP/2 clients get a GOAWAY).
-    let stop_serving = CancellationToken::new();
     let flusher = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -452,20 +449,22 @@ async fn worker(
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let close = CancellationToken::new();
-        let (closing, stopping) = (close.clone(), stop_serving.clone());
+        let close = idle::Close::new();
+        let closing = close.clone();
         let task = connections.spawn(async move {
             let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
+                biased;
                 r = conn.as_mut() => r,
-                () = closing.cancelled() => {
+                why = closing.signalled() => {
                     conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
-                }
-                () = stopping.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    match why {
+                        idle::Closing::Idle => {
+                            tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+                        }
+                        idle::Closing::Stop => conn.await,
+                    }
                 }
             };
             if let Err(e) = result {
@@ -475,7 +474,7 @@ async fn worker(
         watch.add(activity, close, task.abort_handle());
     }
     drop(listener);
-    stop_serving.cancel();
+    watch.stop_all();
     connections.close();
     let grace = config.server.shutdown_grace.get();
     // WebSocket tunnels left their HTTP connection behind, so the

@@ -461,6 +461,11 @@ fn keep_alive(version: Version, headers: &HeaderMap, idle_timeout: Duration) -> 
     let mut keep = idle_timeout;
     let mut keep_alive_token = false;
     for v in headers.get_all(header::CONNECTION) {
+        // The common answer, told without splitting it.
+        if v.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+            keep_alive_token = true;
+            continue;
+        }
         for token in v.to_str().unwrap_or("close").split(',').map(str::trim) {
             if token.eq_ignore_ascii_case("close") {
                 return None;
@@ -471,7 +476,7 @@ fn keep_alive(version: Version, headers: &HeaderMap, idle_timeout: Duration) -> 
     if version == Version::HTTP_10 && !keep_alive_token {
         return None;
     }
-    if let Some(v) = headers.get("keep-alive").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers.get(crate::hop::KEEP_ALIVE).and_then(|v| v.to_str().ok()) {
         for param in v.split(',') {
             let Some((k, n)) = param.split_once('=') else { continue };
             if k.trim().eq_ignore_ascii_case("timeout")
