@@ -4,6 +4,8 @@
 //! - `GET /readyz`: 200 once every worker serves, 503 while starting and
 //!   from the moment shutdown begins (so a load balancer stops sending);
 //! - `GET /metrics`: Prometheus text format, every name prefixed `wxgate_`;
+//! - `GET /.well-known/jwks.json`: the keys that verify wxgate's identity
+//!   assertions (`[assertion]`), 404 when assertions are off;
 //! - `DELETE /sessions?openid=...[&app=<name>]`: ends every session of a
 //!   user (of one app, or of every app), on every worker (and replica, with
 //!   a shared store): for account bans and leaked keys. Answers
@@ -114,6 +116,15 @@ async fn answer(req: Request<Incoming>, shared: &Shared, store: &dyn SessionStor
                 serde_json::json!({"status": readiness.state(), "session_store": store}),
             ))
         }
+        "/.well-known/jwks.json" if get => match &shared.assertion {
+            Some(signer) => {
+                let mut res = text(StatusCode::OK, "application/jwk-set+json", signer.jwks().to_owned());
+                res.headers_mut()
+                    .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("max-age=300"));
+                Ok(res)
+            }
+            None => Err(Error::NotFound("assertions are off ([assertion].enabled)")),
+        },
         "/metrics" if get => {
             if let Some(n) = store.count().await {
                 metrics::set_sessions(n);
@@ -147,10 +158,10 @@ async fn answer(req: Request<Incoming>, shared: &Shared, store: &dyn SessionStor
             tracing::info!(revoked, "admin: revoked a user's sessions");
             Ok(json(StatusCode::OK, serde_json::json!({"revoked": revoked})))
         }
-        "/healthz" | "/readyz" | "/metrics" => Err(Error::MethodNotAllowed("GET")),
+        "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" => Err(Error::MethodNotAllowed("GET")),
         "/sessions" => Err(Error::MethodNotAllowed("DELETE")),
         _ => Err(Error::NotFound(
-            "admin endpoints: /healthz, /readyz, /metrics, DELETE /sessions?openid=",
+            "admin endpoints: /healthz, /readyz, /metrics, /.well-known/jwks.json, DELETE /sessions?openid=",
         )),
     }
 }

@@ -52,13 +52,30 @@ const SLOTS: usize = 36;
 /// The bit of "any second character" in [`Forbidden::starts`].
 const ANY: u32 = 63;
 
+/// Not a folded character, in [`SLOT`].
+const NONE: u8 = u8::MAX;
+
+/// Each byte's place among the 36 folded characters, or [`NONE`].
+static SLOT: [u8; 256] = {
+    let mut t = [NONE; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match c as u8 {
+            b @ b'a'..=b'z' => b - b'a',
+            b @ b'A'..=b'Z' => b - b'A',
+            b @ b'0'..=b'9' => 26 + (b - b'0'),
+            _ => NONE,
+        };
+        c += 1;
+    }
+    t
+};
+
 /// A folded character's place among the 36 (`None` for anything else).
 fn slot(c: u8) -> Option<usize> {
-    match c {
-        b'a'..=b'z' => Some(usize::from(c - b'a')),
-        b'A'..=b'Z' => Some(usize::from(c - b'A')),
-        b'0'..=b'9' => Some(26 + usize::from(c - b'0')),
-        _ => None,
+    match SLOT[usize::from(c)] {
+        NONE => None,
+        s => Some(usize::from(s)),
     }
 }
 
@@ -94,15 +111,31 @@ impl Forbidden {
         let bytes = name.as_bytes();
         // The first two folded characters, by table: this runs for every
         // header of every request, and most names stop here.
-        let mut chars = bytes.iter().filter_map(|&c| slot(c));
-        let Some(first) = chars.next() else {
-            return false;
+        let mut i = 0;
+        let first = loop {
+            let Some(&c) = bytes.get(i) else {
+                return false;
+            };
+            i += 1;
+            let s = SLOT[usize::from(c)];
+            if s != NONE {
+                break usize::from(s);
+            }
         };
         let wanted = self.starts[first];
         if wanted == 0 {
             return false;
         }
-        let second = chars.next().map_or(ANY, |s| s as u32);
+        let second = loop {
+            let Some(&c) = bytes.get(i) else {
+                break ANY;
+            };
+            i += 1;
+            let s = SLOT[usize::from(c)];
+            if s != NONE {
+                break u32::from(s);
+            }
+        };
         if wanted & (1 << second | 1 << ANY) == 0 {
             return false;
         }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use crate::apps::Apps;
+use crate::assertion::{Signer, Subject};
 use crate::config::Config;
 use crate::headers::Forbidden;
 use crate::metrics;
@@ -85,16 +86,19 @@ pub struct Render {
     /// Each app's AppID as a header value, by app index.
     appids: Box<[HeaderValue]>,
     remember_phone: bool,
+    /// Signs an assertion with each identity (`[assertion]`).
+    assertion: Option<Arc<Signer>>,
 }
 
 impl Render {
-    pub fn new(config: &Config, apps: &Apps) -> Arc<Self> {
+    pub fn new(config: &Config, apps: &Apps, assertion: Option<Arc<Signer>>) -> Arc<Self> {
         let h = &config.headers;
         let owned = h
             .injected()
             .into_iter()
             .map(|(_, n)| n)
-            .chain([config.session.header.as_str()])
+            // The assertion header is stripped whether or not assertions are on.
+            .chain([config.session.header.as_str(), config.assertion.header.as_str()])
             .chain(h.strip_names.iter().map(String::as_str));
         Arc::new(Self {
             names: HeaderNames::new(config),
@@ -102,6 +106,7 @@ impl Render {
             session_spellings: Forbidden::new([], [config.session.header.as_str()]),
             appids: apps.all().iter().map(|a| a.appid_value.clone()).collect(),
             remember_phone: config.phone.remember,
+            assertion,
         })
     }
 
@@ -118,10 +123,26 @@ impl Render {
         let phone = req.extensions().get::<EstablishedPhone>().map(|p| p.0.clone());
         let headers = req.headers_mut();
         if let Some(identity) = identity {
-            self.write_identity(headers, &identity.session);
+            let Some(appid) = self.write_identity(headers, &identity.session) else {
+                return;
+            };
             let phone = phone.or_else(|| self.remember_phone.then(|| identity.session.phone().cloned()).flatten());
-            if let Some(phone) = phone {
-                self.write_phone(headers, &phone);
+            if let Some(phone) = &phone {
+                self.write_phone(headers, phone);
+            }
+            if let Some(signer) = &self.assertion {
+                let session = &identity.session;
+                let assertion = signer.sign(&Subject {
+                    openid: session.openid(),
+                    appid,
+                    unionid: session.unionid(),
+                    phone: phone.as_ref(),
+                    method: req.method().as_str(),
+                    path: req.uri().path(),
+                });
+                if let Some(assertion) = assertion {
+                    req.headers_mut().insert(signer.header_name(), assertion);
+                }
             }
         }
     }
@@ -133,20 +154,24 @@ impl Render {
         }
     }
 
-    fn write_identity(&self, headers: &mut HeaderMap, session: &Session) {
+    /// Writes the identity headers; returns the AppID written, `None` when
+    /// there is no identity to write.
+    fn write_identity(&self, headers: &mut HeaderMap, session: &Session) -> Option<&str> {
         // Login refuses such openids, and a store never hands out a session
         // of an app that is not configured; never forward half an identity.
         let (Ok(openid), Some(appid)) = (
             HeaderValue::from_str(session.openid()),
             self.appids.get(usize::from(session.app())),
         ) else {
-            return;
+            return None;
         };
         headers.insert(&self.names.openid, openid);
         if let Some(unionid) = session.unionid().and_then(|u| HeaderValue::from_str(u).ok()) {
             headers.insert(&self.names.unionid, unionid);
         }
         headers.insert(&self.names.appid, appid.clone());
+        // AppIDs are letters and digits (validated).
+        appid.to_str().ok()
     }
 
     fn write_phone(&self, headers: &mut HeaderMap, phone: &PhoneNumber) {
@@ -185,7 +210,7 @@ mod tests {
     }
 
     fn make(c: &Config) -> Arc<Render> {
-        Render::new(c, &Apps::new(c))
+        Render::new(c, &Apps::new(c), None)
     }
 
     fn phone(n: &str) -> PhoneNumber {

@@ -16,6 +16,7 @@ pub(crate) mod admin;
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod apps;
+pub mod assertion;
 pub(crate) mod body;
 pub mod config;
 pub mod demo;
@@ -96,7 +97,7 @@ pub(crate) fn stack(shared: &Shared) -> Result<(Stack, Proxy), BuildError> {
     let config = &*shared.config;
     // This worker's own handle: a shared store's connection lives here.
     let store = shared.stores.handle();
-    let render = Render::new(config, &shared.apps);
+    let render = Render::new(config, &shared.apps, shared.assertion.clone());
     let weixin = WeixinClient::new(&config.weixin)?;
     let proxy = Proxy::new(&config.upstream, config.server.body_read_timeout.get(), render.clone())?;
     let session_header = render.names().session.clone();

@@ -1,4 +1,4 @@
-//! The `wxgate` command: run | check | config | fake-weixin | demo | healthcheck.
+//! The `wxgate` command: run | check | config | fake-weixin | demo | healthcheck | keygen | jwks.
 
 #![forbid(unsafe_code)]
 
@@ -74,6 +74,19 @@ enum Command {
         #[arg(long = "app", value_name = "APPID:SECRET", value_parser = parse_fake_app)]
         apps: Vec<(String, String)>,
     },
+    /// Write a new P-256 private key (PKCS#8 PEM, mode 0600) for signing identity assertions
+    /// (`[assertion].key_file`); print its key id.
+    Keygen {
+        /// Where to write it; an existing file is not overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the JWKS (the public keys) of assertion key files, for a backend configured offline.
+    Jwks {
+        /// A key file: the signing key first, then previous ones (repeatable).
+        #[arg(long = "key-file", value_name = "FILE", required = true)]
+        key_files: Vec<PathBuf>,
+    },
     /// Run wxgate, the fake WeChat and an echo backend in one process and walk
     /// through login, an authenticated request and a phone number.
     Demo,
@@ -137,6 +150,8 @@ fn main() -> ExitCode {
             fake_weixin(*listen, first.into_iter().chain(apps.iter().cloned()).collect())
         }
         Some(Command::Healthcheck { url }) => healthcheck(url),
+        Some(Command::Keygen { out }) => keygen(out),
+        Some(Command::Jwks { key_files }) => print_jwks(key_files),
         Some(Command::Demo) => {
             let _guard = init_logging(cli.log_format, "warn");
             match wxgate::demo::run() {
@@ -281,6 +296,50 @@ fn fake_weixin(listen: SocketAddr, apps: Vec<(String, String)>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn keygen(out: &Path) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (key, pem) = match wxgate::assertion::KeyPair::generate() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("keygen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Created with its final mode: never readable by others, not even briefly.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => {
+            println!("wrote {} (kid {})", out.display(), key.kid());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keygen: {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_jwks(files: &[PathBuf]) -> ExitCode {
+    let mut keys = Vec::new();
+    for file in files {
+        match wxgate::assertion::KeyPair::from_file(&file.to_string_lossy()) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("jwks: {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{}", wxgate::assertion::jwks(&keys));
+    ExitCode::SUCCESS
 }
 
 fn healthcheck(url: &str) -> ExitCode {

@@ -73,6 +73,8 @@ pub struct Shared {
     pub stores: Stores,
     /// The mini programs served, each with its credentials and access token.
     pub apps: Arc<Apps>,
+    /// Signs identity assertions (`[assertion]`), when on.
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
     pub readiness: Arc<Readiness>,
     pub routes: Arc<Routes>,
     pub slots: Arc<Slots>,
@@ -84,6 +86,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let apps = Apps::new(&config);
+        let assertion =
+            crate::assertion::Signer::new(&config.assertion).map_err(|(key, e)| StartError::AssertionKey(key, e))?;
         let stores = match config.session.store {
             StoreKind::Memory => Stores::Memory(Arc::new(MemoryStore::new(&config.session))),
             StoreKind::Redis => Stores::Redis(RedisShared::new(
@@ -101,6 +105,7 @@ impl Shared {
             .collect();
         Ok(Self {
             apps,
+            assertion,
             readiness: Arc::new(Readiness::default()),
             routes: Arc::new(Routes::new(&config)),
             slots: Slots::new(config.server.max_connections),
@@ -169,6 +174,8 @@ pub enum StartError {
     WorkerLost,
     #[error(transparent)]
     Redis(#[from] crate::session::redis::TargetError),
+    #[error("{0}: {1}")]
+    AssertionKey(String, crate::assertion::KeyError),
 }
 
 /// A started wxgate.

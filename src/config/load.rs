@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AccessConfig, AppConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig, PhoneConfig, RedisConfig,
-    ServerConfig, SessionConfig, UpstreamConfig, WeixinConfig,
+    AccessConfig, AppConfig, AssertionConfig, Config, HeadersConfig, LimitsConfig, LoginConfig, LogoutConfig,
+    PhoneConfig, RedisConfig, ServerConfig, SessionConfig, UpstreamConfig, WeixinConfig,
 };
 
 /// Everything wrong with a configuration, one line per problem, each naming its key.
@@ -42,8 +42,19 @@ pub(super) const SECRET_KEYS: &[(&str, &str)] = &[
 ];
 
 /// The sections, in the order `check` reports them.
-const SECTIONS: [&str; 12] = [
-    "server", "upstream", "weixin", "session", "login", "phone", "logout", "limits", "access", "headers", "redis",
+const SECTIONS: [&str; 13] = [
+    "server",
+    "upstream",
+    "weixin",
+    "session",
+    "login",
+    "phone",
+    "logout",
+    "limits",
+    "access",
+    "headers",
+    "redis",
+    "assertion",
     "apps",
 ];
 
@@ -315,6 +326,7 @@ fn check_keys(table: &mut toml::Table, defaults: &toml::Table) -> Vec<String> {
             "limits" => each::<LimitsConfig>(section, value, d, &mut out),
             "access" => each::<AccessConfig>(section, value, d, &mut out),
             "redis" => each::<RedisConfig>(section, value, d, &mut out),
+            "assertion" => each::<AssertionConfig>(section, value, d, &mut out),
             "apps" => {
                 let toml::Value::Table(apps) = value else {
                     out.push("apps: must hold one section per app ([apps.<name>])".into());

@@ -47,6 +47,7 @@ pub struct Config {
     pub access: AccessConfig,
     pub headers: HeadersConfig,
     pub redis: RedisConfig,
+    pub assertion: AssertionConfig,
     /// Several mini programs: `[apps.<name>]`, each with its own AppID,
     /// secret and selectors. `[weixin].appid`/`secret`, when set, is one more
     /// app, named "default".
@@ -379,6 +380,44 @@ pub struct PhoneConfig {
     pub remember: bool,
     /// "forward" the original body or "strip" the encrypted fields.
     pub forward_body: ForwardBody,
+}
+
+/// `[assertion]`: a signed JWT with each identity, for a backend that
+/// verifies who is calling instead of trusting the network.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// Sign an assertion for every request forwarded with an identity.
+    pub enabled: bool,
+    /// The header that carries it.
+    pub header: String,
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim: the name the backend checks. Required when enabled.
+    pub audience: String,
+    /// An assertion's lifetime (`exp` - `iat`).
+    #[serde(with = "duration_str")]
+    pub ttl: HumanDuration,
+    /// A PKCS#8 PEM P-256 private key (`wxgate keygen --out FILE`); empty:
+    /// a key made at start, for a single instance only.
+    pub key_file: String,
+    /// Keys still published in the JWKS (a rotation's overlap), never used
+    /// to sign.
+    pub previous_key_files: Vec<String>,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            header: "x-wx-assertion".into(),
+            issuer: "wxgate".into(),
+            audience: String::new(),
+            ttl: HumanDuration::secs(120),
+            key_file: String::new(),
+            previous_key_files: Vec::new(),
+        }
+    }
 }
 
 /// `[logout]`: the route that ends a session everywhere.

@@ -22,6 +22,7 @@ impl Config {
         self.validate_routes(&mut p);
         self.validate_access(&mut p);
         self.validate_redis(&mut p);
+        self.validate_assertion(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -129,10 +130,40 @@ impl Config {
         }
     }
 
+    fn validate_assertion(&self, p: &mut Vec<String>) {
+        let a = &self.assertion;
+        if a.ttl.0.is_zero() {
+            p.push("assertion.ttl: must be longer than zero".into());
+        }
+        if !a.enabled {
+            return;
+        }
+        if a.audience.is_empty() {
+            p.push("assertion.audience: required with assertion.enabled (the name your backend checks in `aud`, like \"shop-backend\")".into());
+        }
+        if a.issuer.is_empty() {
+            p.push("assertion.issuer: must not be empty".into());
+        }
+        for (key, file) in std::iter::once(("assertion.key_file".to_owned(), &a.key_file))
+            .filter(|(_, f)| !f.is_empty())
+            .chain(
+                a.previous_key_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("assertion.previous_key_files[{i}]"), f)),
+            )
+        {
+            if let Err(e) = crate::assertion::KeyPair::from_file(file) {
+                p.push(format!("{key}: {e}"));
+            }
+        }
+    }
+
     fn validate_headers(&self, p: &mut Vec<String>) {
         let mut names = BTreeMap::new();
         let session = ("session.header", self.session.header.as_str());
-        for (key, name) in self.headers.injected().into_iter().chain([session]) {
+        let assertion = ("assertion.header", self.assertion.header.as_str());
+        for (key, name) in self.headers.injected().into_iter().chain([session, assertion]) {
             let folded = fold(name);
             if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 p.push(format!("{key}: {name:?} is not a valid header name"));

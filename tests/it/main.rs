@@ -11,6 +11,7 @@ mod common;
 
 mod anti_spoofing;
 mod apps;
+mod assertion;
 mod bad_input;
 mod cli;
 mod demo;
