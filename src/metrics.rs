@@ -391,11 +391,24 @@ pub fn render() -> String {
     }
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail on I/O; a bad metric would be a bug.
-    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+    let mut families = METRICS.registry.gather();
+    families.extend(PROCESS.gather());
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
         tracing::error!(error = %e, "cannot encode metrics");
     }
     String::from_utf8(out).unwrap_or_default()
 }
+
+/// The standard `process_*` metrics (CPU seconds, resident and virtual
+/// memory, open and maximum file descriptors, start time), unprefixed as
+/// every Prometheus client exports them, so stock dashboards and alerts work.
+static PROCESS: LazyLock<Registry> = LazyLock::new(|| {
+    let registry = Registry::new();
+    if let Err(e) = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+        tracing::warn!(error = %e, "no process metrics");
+    }
+    registry
+});
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,14 @@ async fn admin_endpoints_answer_on_the_admin_port_only() {
         metric_value(&last, r#"wxgate_upstream_errors_total{kind="connect"}"#).is_some_and(|v| v >= 1.0),
         "{last}"
     );
+    // The standard process metrics, unprefixed, with real values.
+    for series in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds"] {
+        assert!(
+            metric_value(&last, series).is_some_and(|v| v > 0.0),
+            "{series}:\n{last}"
+        );
+    }
+    assert!(metric_value(&last, "process_cpu_seconds_total").is_some(), "{last}");
     let text_plain = gate.admin_get("/metrics").await.headers[header::CONTENT_TYPE].clone();
     assert!(text_plain.to_str().unwrap().starts_with("text/plain"));
 
