@@ -37,15 +37,19 @@ pub struct App {
     pub index: u16,
     /// Its name (`[apps.<name>]`, or "default"): the metrics' `app` label.
     pub name: &'static str,
+    /// Its AppID.
     pub appid: Box<str>,
     /// The AppID as the `x-wx-appid` header value.
     pub appid_value: HeaderValue,
+    /// Its AppSecret.
     pub secret: Secret,
     /// Its access token, shared by every worker.
     pub tokens: AccessTokenProvider,
 }
 
 impl App {
+    /// The app at `index`, named `name`, with its credentials and its own
+    /// access-token provider.
     pub fn new(index: u16, name: &str, appid: &str, secret: Secret) -> Self {
         let name = crate::metrics::app_label(name);
         Self {

@@ -41,15 +41,19 @@ use crate::session::{PhoneNumber, unix_now};
 /// Why a key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The key file (named) cannot be read.
     #[error("cannot read {0:?}: {1}")]
     Read(String, std::io::Error),
     #[error(
         "is not a PEM PKCS#8 private key (\"-----BEGIN PRIVATE KEY-----\"); make one with `wxgate keygen --out FILE`, \
          or convert an \"EC PRIVATE KEY\" with `openssl pkcs8 -topk8 -nocrypt -in KEY`"
     )]
+    /// The file holds no PEM PKCS#8 private key.
     NotPem,
+    /// The key is PKCS#8 but not a P-256 (ECDSA) key.
     #[error("is not a P-256 (prime256v1) private key; make one with `wxgate keygen --out FILE`")]
     NotP256,
+    /// No key could be made (the system's random source failed).
     #[error("cannot make a key: {0}")]
     Generate(&'static str),
 }
@@ -157,11 +161,17 @@ struct Claims<'a> {
 
 /// Who and what one assertion is for.
 pub struct Subject<'a> {
+    /// The user's openid: the `sub` claim.
     pub openid: &'a str,
+    /// The AppID of the session's mini program: the `appid` claim.
     pub appid: &'a str,
+    /// The user's unionid, when known: the `unionid` claim.
     pub unionid: Option<&'a str>,
+    /// The phone number the request carries, if any: the phone claims.
     pub phone: Option<&'a PhoneNumber>,
+    /// The request's method: the `htm` claim.
     pub method: &'a str,
+    /// The request's path as forwarded, without the query: the `htu` claim.
     pub path: &'a str,
 }
 

@@ -23,9 +23,13 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, Entry, HeaderMap, HeaderName};
 use http::{HeaderValue, Method, Version};
 
+/// `X-Forwarded-For`: the addresses a request came through, client first.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the client used.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`: the `Host` the client asked for.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`: the client's address.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -245,6 +249,7 @@ fn remove_connection_listed(headers: &mut HeaderMap, keep: &[&str]) {
 /// What a client's request asks of this hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upgrade {
+    /// No upgrade: a plain request (any other upgrade was removed).
     None,
     /// A well-formed RFC 6455 opening handshake: the only upgrade wxgate
     /// forwards.
@@ -262,6 +267,8 @@ pub struct ClientAddr {
 }
 
 impl ClientAddr {
+    /// The peer at `addr` (an IPv4-mapped IPv6 address read as IPv4), trusted
+    /// when it is in one of the `trusted` ranges (`server.trusted_proxies`).
     pub fn new(addr: SocketAddr, trusted: &[ipnet::IpNet]) -> Self {
         let ip = addr.ip().to_canonical();
         Self {

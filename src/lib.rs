@@ -11,6 +11,7 @@
 
 // No unsafe code but the global allocator's glue to mimalloc (`alloc`).
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub(crate) mod admin;
 #[allow(unsafe_code)]
@@ -81,10 +82,13 @@ pub(crate) type Stack = RequestId<AccessLog<Errors<SessionLookup<Router>>>>;
 /// Why a worker's stack could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// `upstream.url` cannot be used.
     #[error(transparent)]
     Upstream(#[from] proxy::TargetError),
+    /// The WeChat client's TLS could not be set up.
     #[error("cannot set up TLS for WeChat: {0}")]
     Tls(#[from] rustls::Error),
+    /// The worker's runtime could not be made.
     #[error("cannot start a worker: {0}")]
     Runtime(#[from] std::io::Error),
 }

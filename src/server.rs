@@ -121,7 +121,9 @@ impl Shared {
 /// The bound sockets, made before the workers start so that a test (or an
 /// operator) knows the ports at once.
 pub struct Listeners {
+    /// One socket per worker on `server.listen`, all on the same port (SO_REUSEPORT).
     pub public: Vec<std::net::TcpListener>,
+    /// The socket on `server.admin_listen`.
     pub admin: std::net::TcpListener,
 }
 
@@ -166,21 +168,28 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Why wxgate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener could not be bound or read, or a worker thread not spawned.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A worker could not build its request stack.
     #[error("cannot build the request stack: {0}")]
     Build(#[from] BuildError),
+    /// A worker thread ended before it reported ready.
     #[error("a worker thread stopped before it was ready")]
     WorkerLost,
+    /// `[redis]` cannot be used as configured.
     #[error(transparent)]
     Redis(#[from] crate::session::redis::TargetError),
+    /// An `[assertion]` key file (the config key named) cannot be used.
     #[error("{0}: {1}")]
     AssertionKey(String, crate::assertion::KeyError),
 }
 
 /// A started wxgate.
 pub struct Running {
+    /// The public listener's address (its real port when `listen` said 0).
     pub addr: SocketAddr,
+    /// The admin listener's address.
     pub admin_addr: SocketAddr,
     shared: Arc<Shared>,
     drain: CancellationToken,

@@ -16,6 +16,7 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
 pub struct ConfigError {
+    /// The problems, each a line that names its key.
     pub problems: Vec<String>,
 }
 

@@ -36,17 +36,29 @@ pub use validate::parse_cidr;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: the listeners, the client side's limits and timeouts.
     pub server: ServerConfig,
+    /// `[upstream]`: the backend behind wxgate.
     pub upstream: UpstreamConfig,
+    /// `[weixin]`: the mini program's credentials and WeChat's API.
     pub weixin: WeixinConfig,
+    /// `[session]`: where sessions live, their header and lifetimes.
     pub session: SessionConfig,
+    /// `[login]`: the route that receives the `wx.login` code.
     pub login: LoginConfig,
+    /// `[phone]`: the route that receives the getPhoneNumber data.
     pub phone: PhoneConfig,
+    /// `[logout]`: the route that ends a session everywhere.
     pub logout: LogoutConfig,
+    /// `[limits]`: login and phone request rates.
     pub limits: LimitsConfig,
+    /// `[access]`: paths refused to anonymous callers.
     pub access: AccessConfig,
+    /// `[headers]`: the identity headers' names and the client headers removed.
     pub headers: HeadersConfig,
+    /// `[redis]`: the shared store, with `session.store = "redis"`.
     pub redis: RedisConfig,
+    /// `[assertion]`: a signed JWT with each identity forwarded.
     pub assertion: AssertionConfig,
     /// Several mini programs: `[apps.<name>]`, each with its own AppID,
     /// secret and selectors. `[weixin].appid`/`secret`, when set, is one more
@@ -177,7 +189,7 @@ pub struct WeixinConfig {
 pub struct AppConfig {
     /// Its AppID.
     pub appid: String,
-    /// Its AppSecret: set WXGATE_APPS__<NAME>__SECRET.
+    /// Its AppSecret: set `WXGATE_APPS__<NAME>__SECRET`.
     pub secret: Secret,
     /// Requests to these hosts (`Host`, without port) are this app's: a
     /// selector the client cannot choose, unlike the Referer.
@@ -270,8 +282,10 @@ pub struct RedisConfig {
     pub mode: RedisMode,
     /// Sentinel mode: the monitored master's name.
     pub master_name: String,
-    /// ACL user and password for Redis (override the URL's).
+    /// ACL user for Redis (overrides the URL's).
     pub username: String,
+    /// ACL password for Redis (overrides the URL's); set
+    /// WXGATE_REDIS__PASSWORD rather than writing it in a file.
     pub password: Secret,
     /// Sentinel mode: the sentinels' own password, when they have one.
     pub sentinel_password: Secret,
@@ -354,7 +368,11 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoginConfig {
+    /// The route: POST `{"code": "..."}` (or a form, or `?code=`). The code
+    /// never reaches the backend: it is removed from the forwarded body and query.
     pub path: String,
+    /// "forward" to the backend with the identity headers, or "respond"
+    /// directly; the logout route follows the same mode.
     pub mode: LoginMode,
 }
 
@@ -372,6 +390,7 @@ pub enum ForwardBody {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PhoneConfig {
+    /// The route: POST `{"encryptedData", "iv"}` or `{"code"}`. Needs a live session.
     pub path: String,
     /// Oldest accepted watermark in decrypted data.
     #[serde(with = "duration_str")]
@@ -460,11 +479,20 @@ pub struct AccessConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadersConfig {
+    /// Header carrying the user's openid (as in WeChat Cloud Hosting).
     pub openid: String,
+    /// Header carrying the user's unionid, when WeChat gave one (as in WeChat
+    /// Cloud Hosting).
     pub unionid: String,
+    /// Header carrying the AppID of the session's mini program (as in WeChat
+    /// Cloud Hosting).
     pub appid: String,
+    /// Header carrying the phone number, with its country code for numbers
+    /// outside mainland China.
     pub phone_number: String,
+    /// Header carrying the phone number without its country code.
     pub pure_phone_number: String,
+    /// Header carrying the phone number's country code.
     pub country_code: String,
     /// Client headers whose name starts with one of these are removed
     /// (names compared on their letters and digits only, case-folded).
@@ -629,6 +657,7 @@ impl HeadersConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret string.
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into())
     }
@@ -636,6 +665,7 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// Whether no secret was given.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -652,9 +682,11 @@ impl fmt::Debug for Secret {
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// A duration of `s` seconds.
     pub const fn secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
+    /// The duration itself.
     pub fn get(self) -> Duration {
         self.0
     }
@@ -687,7 +719,7 @@ impl Config {
         }
     }
 
-    /// The configuration as TOML, every secret replaced by "[redacted]"
+    /// The configuration as TOML, every secret replaced by `"[redacted]"`
     /// (`wxgate config`).
     pub fn to_redacted_toml(&self) -> String {
         let mut table = toml::Table::try_from(self).unwrap_or_default();

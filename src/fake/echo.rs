@@ -17,10 +17,15 @@ use serde_json::{Value, json};
 /// What the backend received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request's method.
     pub method: Method,
+    /// The request target as received (a path and query, from wxgate).
     pub uri: String,
+    /// The HTTP version of the request.
     pub version: Version,
+    /// The request's header fields.
     pub headers: HeaderMap,
+    /// The whole body (empty if reading it failed).
     pub body: Bytes,
     /// Trailer fields of a chunked body.
     pub trailers: HeaderMap,
@@ -71,6 +76,7 @@ pub async fn echo(req: Request<Incoming>) -> (Received, Response<Full<Bytes>>) {
 /// An echo backend on a local port, keeping what it received.
 #[derive(Clone)]
 pub struct EchoBackend {
+    /// The address it listens on (127.0.0.1 and a free port).
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
 }

@@ -37,6 +37,8 @@ const KEYS_KEPT: usize = 3;
 /// (appid, openid) or (appid, code): what is kept per app.
 type PerApp = (Box<str>, Box<str>);
 
+/// The embedded store (`session.store = "memory"`): one per process, for a
+/// single replica; a restart logs everyone out.
 pub struct MemoryStore {
     ttl_secs: u64,
     sessions: Cache<[u8; 16], Session>,
@@ -49,6 +51,8 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store sized and timed by `[session]` (`max_entries`, `ttl`,
+    /// `code_ttl`, `previous_key_ttl`).
     pub fn new(config: &SessionConfig) -> Self {
         Self {
             ttl_secs: config.ttl.get().as_secs(),

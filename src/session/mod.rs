@@ -50,6 +50,7 @@ impl SessionToken {
         URL_SAFE_NO_PAD.encode(self.0)
     }
 
+    /// The token's 16 random bytes, what stores key (and seal) sessions by.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
@@ -64,8 +65,12 @@ impl fmt::Debug for SessionToken {
 /// The phone headers established for a session (`phone.remember`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PhoneNumber {
+    /// The number, with its country code for numbers outside mainland China
+    /// (`headers.phone_number`).
     pub phone_number: Box<str>,
+    /// The number without its country code (`headers.pure_phone_number`).
     pub pure_phone_number: Box<str>,
+    /// The country code (`headers.country_code`).
     pub country_code: Box<str>,
 }
 
@@ -110,6 +115,8 @@ struct Extra {
 }
 
 impl Session {
+    /// A session of the first app (see [`in_app`](Self::in_app)) for a login
+    /// at `created_at` (Unix seconds), with no phone number.
     pub fn new(openid: &str, unionid: Option<&str>, session_key: SessionKey, created_at: u64) -> Self {
         let mut inline = [0u8; INLINE_OPENID];
         let mut extra = Extra {
@@ -157,6 +164,7 @@ impl Session {
         self.extra.as_deref().map_or(0, |e| e.app)
     }
 
+    /// The user's openid in the session's app.
     pub fn openid(&self) -> &str {
         match self.extra.as_deref().and_then(|e| e.openid.as_deref()) {
             Some(long) => long,
@@ -168,6 +176,7 @@ impl Session {
         }
     }
 
+    /// The user's unionid, when WeChat gave one at the login.
     pub fn unionid(&self) -> Option<&str> {
         self.extra.as_deref()?.unionid.as_deref()
     }
@@ -177,6 +186,8 @@ impl Session {
         self.extra.as_deref()?.phone.as_ref()
     }
 
+    /// The WeChat `session_key` of the login, which decrypts the user's
+    /// `encryptedData`; never leaves wxgate.
     pub fn session_key(&self) -> &SessionKey {
         &self.session_key
     }
@@ -202,7 +213,9 @@ impl fmt::Debug for Session {
 /// A login code's outcome: the session it opened, under its token.
 #[derive(Clone, Debug)]
 pub struct Issued {
+    /// The token handed to the client.
     pub token: SessionToken,
+    /// The session it names.
     pub session: Session,
 }
 
@@ -211,7 +224,10 @@ pub struct Issued {
 /// from the code cache).
 #[derive(Clone, Debug)]
 pub struct Login {
+    /// The code's session and its token.
     pub issued: Issued,
+    /// This call exchanged the code with WeChat (`false`: a retry, served
+    /// from the code cache).
     pub fresh: bool,
 }
 
@@ -274,7 +290,9 @@ pub trait SessionStore: Send + Sync + 'static {
 /// connection lives on the runtime that uses it.
 #[derive(Clone)]
 pub enum Stores {
+    /// `session.store = "memory"`: one store in this process, shared by every worker.
     Memory(Arc<memory::MemoryStore>),
+    /// `session.store = "redis"`: what the workers' Redis handles share.
     Redis(Arc<redis::RedisShared>),
 }
 

@@ -35,6 +35,8 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// Pause before the one retry of a code2Session that answered -1 (busy).
 const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// A client of WeChat's server API, one per worker; cheap to clone (the
+/// clones share its connection pool and call limit).
 #[derive(Clone)]
 pub struct WeixinClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -50,22 +52,30 @@ struct Inner {
 
 /// code2Session's answer.
 pub struct Login {
+    /// The user's openid in this mini program.
     pub openid: String,
+    /// The user's unionid, when WeChat gave one (an Open Platform account).
     pub unionid: Option<String>,
+    /// The key that decrypts the user's `encryptedData`.
     pub session_key: SessionKey,
 }
 
 /// An access token and its lifetime in seconds.
 pub struct AccessToken {
+    /// The token itself.
     pub token: Arc<str>,
+    /// Its lifetime in seconds, from now (7200 when WeChat gave none).
     pub expires_in: u64,
 }
 
 /// getuserphonenumber's `phone_info`, as WeChat sent it (not yet validated).
 #[derive(Debug)]
 pub struct PhoneInfo {
+    /// `phoneNumber`: with its country code for numbers outside mainland China.
     pub phone_number: String,
+    /// `purePhoneNumber`: without its country code.
     pub pure_phone_number: String,
+    /// `countryCode`.
     pub country_code: String,
 }
 
@@ -73,7 +83,13 @@ pub struct PhoneInfo {
 /// good.
 #[derive(Debug)]
 pub enum PhoneCallError {
-    TokenRejected { errcode: i64 },
+    /// WeChat refused the access token (invalid or expired): refresh it and
+    /// call once more.
+    TokenRejected {
+        /// WeChat's errcode: 40001, 40014 or 42001.
+        errcode: i64,
+    },
+    /// Any other failure, final for this request.
     Failed(Error),
 }
 

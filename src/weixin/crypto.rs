@@ -73,10 +73,12 @@ impl SessionKey {
         Ok(SessionKey(bytes))
     }
 
+    /// A key from its 16 raw bytes.
     pub fn from_bytes(bytes: [u8; 16]) -> SessionKey {
         SessionKey(bytes)
     }
 
+    /// The key's 16 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
@@ -108,7 +110,10 @@ impl fmt::Debug for SessionKey {
 pub enum DecryptError {
     /// `field` ("iv" or "encryptedData") is not base64.
     #[error("{field} is not valid base64")]
-    Base64 { field: &'static str },
+    Base64 {
+        /// "iv" or "encryptedData".
+        field: &'static str,
+    },
     /// The iv did not decode to 16 bytes.
     #[error("iv must decode to 16 bytes")]
     IvLength,
@@ -165,6 +170,7 @@ impl fmt::Debug for DecryptedData {
 /// Proof of origin WeChat embeds in every encrypted payload.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Watermark {
+    /// The AppID of the mini program the data was produced for.
     pub appid: String,
     /// Unix seconds when WeChat produced the payload.
     pub timestamp: u64,

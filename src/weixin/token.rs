@@ -35,7 +35,9 @@ pub trait TokenSource {
 
 /// One app's tokens from WeChat.
 pub struct StableToken<'a> {
+    /// The worker's WeChat client that calls stable_token.
     pub client: &'a WeixinClient,
+    /// The app whose token it fetches.
     pub app: &'a App,
 }
 
@@ -67,6 +69,8 @@ pub struct AccessTokenProvider {
 }
 
 impl AccessTokenProvider {
+    /// An empty provider for the app named `app` (its metrics label) with
+    /// AppID `appid`; the first [`get`](Self::get) fetches.
     pub fn new(app: &'static str, appid: &str) -> Self {
         Self {
             app,

@@ -178,7 +178,9 @@ impl Api {
 pub struct MintRequest {
     /// The user name from the login code (`alice` for `alice.3`).
     pub user: String,
+    /// `phoneNumber`: the number, with its country code for numbers outside mainland China.
     pub phone_number: String,
+    /// `purePhoneNumber`: the number without its country code.
     pub pure_phone_number: String,
     /// Minted as a JSON string, like WeChat's decrypted payloads.
     pub country_code: String,
@@ -199,15 +201,21 @@ pub struct MintRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Minted {
+    /// `encryptedData`: the AES-128-CBC ciphertext, base64.
     pub encrypted_data: String,
+    /// `iv`: the random initialisation vector, base64.
     pub iv: String,
 }
 
+/// Why [`FakeWeixin::mint_phone`] cannot encrypt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MintError {
     /// There is no session key to encrypt under until the user logs in once.
     #[error("user {user:?} never logged in to the fake WeChat")]
-    NeverLoggedIn { user: String },
+    NeverLoggedIn {
+        /// The user name, as in [`MintRequest::user`].
+        user: String,
+    },
 }
 
 struct Inner {

@@ -43,8 +43,10 @@ pub enum Target {
 /// Why `[redis]` cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    /// `redis.tls_ca_file` (named) cannot be read.
     #[error("redis.tls_ca_file {0}: {1}")]
     CaFile(String, std::io::Error),
+    /// `redis.url` is not a usable Redis address (or list of them).
     #[error("redis.url: {0}")]
     Url(redis::RedisError),
 }

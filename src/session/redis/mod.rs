@@ -160,7 +160,7 @@ impl Stored {
     fn session(self, appids: &[Box<str>]) -> Option<Session> {
         let key = SessionKey::from_base64(&self.key).ok()?;
         let Some(app) = appids.iter().position(|a| **a == *self.appid) else {
-            tracing::warn!(appid = %self.appid, "a stored session is of an app not configured here; treated as absent");
+            tracing::debug!(appid = %self.appid, "a stored session is of an app not configured here; treated as absent");
             return None;
         };
         let app = u16::try_from(app).ok()?;
@@ -199,6 +199,10 @@ impl Expiry<[u8; 16], Session> for L1Expiry {
 }
 
 impl RedisShared {
+    /// The state `[redis]` and `[session]` describe, for the configured apps;
+    /// `weixin_timeout` bounds how long a login code stays locked by the
+    /// replica exchanging it. Connections are made later, per worker
+    /// ([`handle`](Self::handle)).
     pub fn new(
         config: &RedisConfig,
         session: &SessionConfig,
@@ -239,6 +243,7 @@ impl RedisShared {
         })
     }
 
+    /// Whether Redis answers, for `/readyz` and `/metrics`.
     pub fn health(&self) -> &Health {
         &self.health
     }

@@ -43,10 +43,16 @@ const NONCE_LEN: usize = 12;
 /// What a key holds, and so how it is named and sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A session (`s`); material: its token.
     Session,
+    /// A login code's outcome (`c`); material: the appid and the code.
     Code,
+    /// A user's recent session keys (`k`); material: the appid and the openid.
     KeyHistory,
+    /// A user's session names, for revoking them all (`u`); material: the
+    /// appid and the openid.
     UserIndex,
+    /// An app's forced access-token refresh lock (`t`); material: the appid.
     RefreshLock,
 }
 
@@ -82,6 +88,8 @@ impl std::fmt::Debug for Keys {
 pub struct Unsealable;
 
 impl Keys {
+    /// The keys derived from `secret` (`[redis].secret`), naming keys under
+    /// `prefix` (`[redis].key_prefix`).
     pub fn new(secret: &[u8], prefix: &str) -> Self {
         let hk = Hkdf::<Sha256>::new(Some(b"wxgate redis v1"), secret);
         let mut naming = [0u8; 32];
