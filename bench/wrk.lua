@@ -1,6 +1,8 @@
 -- One wrk script for every scenario of bench/run, chosen by environment variables:
---   BENCH_SCENARIO  get | post | session | phone_enc | phone_code | login | login_users
---   BENCH_TOKEN     the x-wx-session token (session, phone_enc, phone_code)
+--   BENCH_SCENARIO  get | access_log | post | session | phone_enc | phone_code | login | login_users
+--                   (access_log is get, sent to the targets with their access log on)
+--   BENCH_TOKEN     the x-wx-session token (session, phone_enc, phone_code), of the target's own
+--                   session store
 --   BENCH_BODIES    a file of request bodies, one per line, replayed round-robin (phone_enc)
 --   BENCH_TAG       a tag unique to this run, so that single-use codes never repeat across rounds
 -- done() prints one line "BENCHJSON {...}" with the request count, errors and latency percentiles.
@@ -88,7 +90,7 @@ elseif scenario == "login_users" then
       local body = '{"code":"' .. prefix .. string.format("%0" .. width .. "d", n) .. '"}'
       return wrk.format("POST", "/api/login", headers, body)
    end
-elseif scenario ~= "get" then
+elseif scenario ~= "get" and scenario ~= "access_log" then
    error("unknown BENCH_SCENARIO " .. scenario)
 end
 
