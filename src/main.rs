@@ -102,13 +102,16 @@ enum Command {
 /// Logs go to stderr through a bounded queue written by its own thread: a
 /// worker never waits for the terminal or a log collector, and when the
 /// queue is full lines are dropped and counted, not queued without bound.
+/// That thread writes through a 64 KiB buffer that it flushes each time it
+/// has emptied the queue: one `write` per batch of lines under load (nginx's
+/// `access_log ... buffer=64k`), and a lone line still goes out at once.
 fn init_logging(format: LogFormat, default: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(64 * 1024)
         .thread_name("wxgate-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     wxgate::set_log_drop_counter(writer.error_counter());
     // Colours only on a terminal: escape codes in a log collector's lines
     // make them unreadable and unsearchable.

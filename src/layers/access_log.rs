@@ -123,7 +123,9 @@ impl AccessRecord {
     /// Writes the line: the response is done (`outcome`), `bytes` of its
     /// body went out.
     pub fn finish(&self, bytes: u64, outcome: Outcome) {
-        let s = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        fn s(v: &Option<HeaderValue>) -> Field<'_> {
+            Field(v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"))
+        }
         tracing::info!(
             target: "wxgate::access",
             method = %self.method,
@@ -139,6 +141,16 @@ impl AccessRecord {
             total_us = self.start.elapsed().as_micros() as u64,
             outcome = outcome.as_str(),
         );
+    }
+}
+
+/// A header's text in a log field, `-` when absent or not text: written as
+/// the line is formatted, with no copy of its own.
+struct Field<'a>(&'a str);
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
