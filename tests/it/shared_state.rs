@@ -222,6 +222,37 @@ async fn a_silent_store_is_a_503_never_an_anonymous_forward() {
     finish(b).await;
 }
 
+/// A connection Redis closed while it sat idle (Redis' own `timeout` for
+/// idle clients, a restart, a failover) is remade for the next command: no
+/// request sees a 503 for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_redis_closed_while_idle_is_remade_without_an_error() {
+    let redis = RedisServer::start();
+    let gate = gate({
+        let on = on_redis(&redis.url());
+        move |c| {
+            on(c);
+            c.server.workers = 1;
+            // Every request with a token goes to Redis.
+            c.redis.l1_ttl = HumanDuration(Duration::ZERO);
+        }
+    })
+    .await;
+    let token = gate.login("idle.1").await;
+    for round in 0..3 {
+        // What Redis' `timeout` does to idle clients (the caller is spared).
+        redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let res = gate.get("/after-idle", Some(&token)).await;
+        assert_eq!(res.status, 200, "round {round}: {}", res.text());
+        assert_eq!(
+            openid_of(&gate.upstream.last()).as_deref(),
+            Some("oFAKEidle"),
+            "round {round}"
+        );
+    }
+    finish(gate).await;
+}
+
 /// Nothing readable at rest: after logins, a phone remembered and a key
 /// history, no key or value holds a token, a session_key, an openid, a
 /// unionid or a phone number, in any of the forms they travel in.

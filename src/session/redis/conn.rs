@@ -11,7 +11,9 @@
 //!   A connection that failed a command (I/O error, timeout, `READONLY`
 //!   after a Sentinel failover) is dropped, so the next command reconnects,
 //!   asking the sentinels for the master again: redis-rs does not follow a
-//!   failover for connections it already has (redis-rs #1438).
+//!   failover for connections it already has (redis-rs #1438). A command
+//!   that finds its connection closed while idle is sent once more on a
+//!   new one (`RedisStore::query`).
 //! - Cluster mode uses redis-rs's cluster connection, which follows the
 //!   cluster's slot map and reconnects to nodes by itself.
 //! - TLS (`rediss://`) through rustls, with `[redis].tls_ca_file` as the

@@ -282,42 +282,61 @@ struct Timeout(Duration);
 
 impl RedisStore {
     /// Runs a command (or a transaction) within `[redis].timeout`.
+    ///
+    /// A connection that Redis (or something between) closed while it sat
+    /// idle fails its next command at once with "connection dropped": Redis
+    /// restarted, a failover, or Redis' own `timeout` for idle clients. Such
+    /// a command is sent once more on a new connection, within the same
+    /// deadline, so the first request after it is not a 503 (go-redis and
+    /// Lettuce retry the same way). A command that timed out is not retried.
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Result<T, Error> {
         let shared = &self.shared;
-        let mut conn: AnyConn = match self.conn.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                shared.health.failed(op);
-                return Err(unavailable(e));
-            }
-        };
-        let sent = async {
-            match cmd {
-                Query::Cmd(c) => c.query_async::<T>(&mut conn).await,
-                Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
-            }
-        };
-        match tokio::time::timeout(shared.timeout, sent).await {
-            Ok(Ok(v)) => {
-                shared.health.ok();
-                Ok(v)
-            }
-            Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType || e.kind() == redis::ErrorKind::Parse => {
-                // Redis answered, but not what was written: absent, logged.
-                shared.health.ok();
-                tracing::warn!(op, error = %e, "an answer from Redis has the wrong type; treated as absent");
-                Err(Error::Internal("unexpected answer from Redis".into()))
-            }
-            Ok(Err(e)) => {
-                self.conn.broken();
-                shared.health.failed(op);
-                Err(unavailable(e))
-            }
-            Err(_) => {
-                self.conn.broken();
-                shared.health.failed(op);
-                Err(unavailable(Timeout(shared.timeout)))
-            }
+        let deadline = tokio::time::Instant::now() + shared.timeout;
+        let mut retried = false;
+        loop {
+            let mut conn: AnyConn = match self.conn.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    shared.health.failed(op);
+                    return Err(unavailable(e));
+                }
+            };
+            let sent = async {
+                match &cmd {
+                    Query::Cmd(c) => c.query_async::<T>(&mut conn).await,
+                    Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
+                }
+            };
+            return match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(v)) => {
+                    shared.health.ok();
+                    Ok(v)
+                }
+                Ok(Err(e))
+                    if e.kind() == redis::ErrorKind::UnexpectedReturnType || e.kind() == redis::ErrorKind::Parse =>
+                {
+                    // Redis answered, but not what was written: absent, logged.
+                    shared.health.ok();
+                    tracing::warn!(op, error = %e, "an answer from Redis has the wrong type; treated as absent");
+                    Err(Error::Internal("unexpected answer from Redis".into()))
+                }
+                Ok(Err(e)) if e.is_connection_dropped() && !retried => {
+                    tracing::debug!(op, error = %e, "the connection to Redis was closed; sending again on a new one");
+                    self.conn.broken();
+                    retried = true;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    self.conn.broken();
+                    shared.health.failed(op);
+                    Err(unavailable(e))
+                }
+                Err(_) => {
+                    self.conn.broken();
+                    shared.health.failed(op);
+                    Err(unavailable(Timeout(shared.timeout)))
+                }
+            };
         }
     }
 
