@@ -159,7 +159,7 @@ fn apply_env(
             continue;
         };
         let full = format!("{section}.{key}");
-        let typed = match typed_env_value(&default, &value) {
+        let typed = match typed_env_value(&key, &default, &value) {
             Ok(v) => v,
             Err(what) => {
                 problems.push(format!("{full}: {value:?} is not {what} (set by {name})"));
@@ -194,7 +194,8 @@ fn apply_app_env(table: &mut toml::Table, rest: &str, value: &str) -> Result<Str
             defaults.keys().cloned().collect::<Vec<_>>().join(", ")
         ));
     };
-    let typed = typed_env_value(default, value).map_err(|what| format!("apps.{app}.{key}: {value:?} is not {what}"))?;
+    let typed =
+        typed_env_value(&key, default, value).map_err(|what| format!("apps.{app}.{key}: {value:?} is not {what}"))?;
     let apps = table
         .entry("apps")
         .or_insert_with(|| toml::Value::Table(Default::default()));
@@ -214,9 +215,14 @@ fn apply_app_env(table: &mut toml::Table, rest: &str, value: &str) -> Result<Str
 }
 
 /// An environment variable's text as a TOML value of the default's type.
-fn typed_env_value(default: &toml::Value, value: &str) -> Result<toml::Value, &'static str> {
+fn typed_env_value(key: &str, default: &toml::Value, value: &str) -> Result<toml::Value, &'static str> {
+    let number = if key.ends_with("_bytes") {
+        "a number of bytes"
+    } else {
+        "a whole number"
+    };
     Ok(match default {
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().map_err(|_| "a whole number")?),
+        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse().map_err(|_| number)?),
         toml::Value::Boolean(_) => match value.trim() {
             "true" | "1" => toml::Value::Boolean(true),
             "false" | "0" => toml::Value::Boolean(false),
@@ -575,6 +581,15 @@ mod tests {
             .to_string();
         assert!(
             e.contains("host names are not accepted") && e.contains("WXGATE_SERVER__LISTEN"),
+            "{e}"
+        );
+        let e = load(MINIMAL, &[("WXGATE_SERVER__MAX_REQUEST_HEADER_BYTES", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "server.max_request_header_bytes: \"lots\" is not a number of bytes (set by WXGATE_SERVER__MAX_REQUEST_HEADER_BYTES)"
+            ),
             "{e}"
         );
     }
