@@ -326,12 +326,17 @@ impl Proxy {
         let target = &self.inner.target;
         let original = std::mem::take(req.uri_mut());
         let h2 = req.version() == Version::HTTP_2;
-        // The client's Host, or the authority of an HTTP/2 or absolute-form target.
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            original
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // The client's Host (already in place), or the authority of an
+        // HTTP/2 or absolute-form target (to be written).
+        let (host, host_in_place) = match req.headers().get(header::HOST) {
+            Some(h) => (Some(h.clone()), true),
+            None => (
+                original
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                false,
+            ),
+        };
         let asterisk = req.method() == Method::OPTIONS && original.path() == "*";
         let path_and_query = if asterisk {
             PathAndQuery::from_static("*")
@@ -358,10 +363,12 @@ impl Proxy {
         }
         match host {
             Some(host) => {
-                if !headers.contains_key(X_FORWARDED_HOST) {
-                    headers.insert(X_FORWARDED_HOST, host.clone());
+                if host_in_place {
+                    headers.entry(X_FORWARDED_HOST).or_insert(host);
+                } else {
+                    headers.entry(X_FORWARDED_HOST).or_insert_with(|| host.clone());
+                    headers.insert(header::HOST, host);
                 }
-                headers.insert(header::HOST, host);
             }
             // HTTP/1.0 without Host: name the upstream, as HTTP/1.1 requires one.
             None => {
@@ -371,9 +378,9 @@ impl Proxy {
                 }
             }
         }
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
+        headers
+            .entry(X_FORWARDED_PROTO)
+            .or_insert_with(|| HeaderValue::from_static("http"));
         if h2 {
             join_cookies(headers);
         }
