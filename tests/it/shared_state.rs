@@ -253,6 +253,109 @@ async fn a_connection_redis_closed_while_idle_is_remade_without_an_error() {
     finish(gate).await;
 }
 
+/// With no traffic at all, `/readyz` and `wxgate_session_store_up` still
+/// follow Redis: the revocation subscription is pinged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_health_follows_redis_without_traffic() {
+    let redis = RedisServer::start();
+    let gate = gate(on_redis(&redis.url())).await;
+    let store = async |want: &str| {
+        for _ in 0..300 {
+            if gate.admin_get("/readyz").await.json()["session_store"] == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(store("ok").await, "the store never said ok");
+    redis.pause();
+    assert!(
+        store("unavailable").await,
+        "a paused Redis went unnoticed without traffic"
+    );
+    let metrics = gate.admin_get("/metrics").await.text();
+    assert_eq!(metric_value(&metrics, "wxgate_session_store_up"), Some(0.0));
+    redis.resume();
+    assert!(store("ok").await, "the store did not come back");
+    finish(gate).await;
+}
+
+/// The names wxgate wrote, as `KEYS *` lists them.
+fn key_names(redis: &RedisServer) -> Vec<String> {
+    redis
+        .command(&["KEYS", "*"])
+        .lines()
+        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Garbage in Redis under wxgate's names (a value of another type, bytes
+/// that do not open) is treated as absent and logged: never a 500, a 503 or
+/// a hang, and the next login writes over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_redis_is_absent_and_the_next_login_repairs_it() {
+    let redis = RedisServer::start();
+    let gate = gate({
+        let on = on_redis(&redis.url());
+        move |c| {
+            on(c);
+            c.redis.l1_ttl = HumanDuration(Duration::ZERO);
+        }
+    })
+    .await;
+    let token = gate.login("junk.1").await;
+    let names = key_names(&redis);
+    assert!(
+        names.len() >= 4,
+        "a session, an index, a key history, a code: {names:?}"
+    );
+    // Every string becomes a list, every list or set a string.
+    for name in &names {
+        let kind = redis.command(&["TYPE", name]);
+        redis.command(&["DEL", name]);
+        if kind.trim() == "+string" {
+            redis.command(&["RPUSH", name, "junk"]);
+        } else {
+            redis.command(&["SET", name, "junk"]);
+        }
+    }
+    // The session is gone: the request is anonymous, not an error.
+    let res = gate.get("/after-junk", Some(&token)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(openid_of(&gate.upstream.last()), None);
+    // The same code again: its stored outcome is junk, so WeChat is asked,
+    // and says the code was used.
+    let again = gate.post("/api/login", None, json!({"code": "junk.1"})).await;
+    assert!(again.status.is_client_error(), "{} {}", again.status, again.text());
+    assert!(again.json()["error"].is_string(), "{}", again.text());
+    assert_eq!(gate.fake.calls(Api::Jscode2Session), 2);
+    // A new login writes over the user's damaged index and key history.
+    let token2 = gate.login("junk.2").await;
+    assert_eq!(gate.get("/fresh", Some(&token2)).await.status, 200);
+    assert_eq!(openid_of(&gate.upstream.last()).as_deref(), Some("oFAKEjunk"));
+    let phone = gate
+        .post("/api/phone", Some(&token2), mint(&gate.fake, "junk", "13800138000"))
+        .await;
+    assert_eq!(phone.status, 200, "{}", phone.text());
+    // Values of the right type that do not open: absent too.
+    for name in key_names(&redis) {
+        if redis.command(&["TYPE", &name]).trim() == "+string" {
+            redis.command(&["SET", &name, "not sealed by wxgate"]);
+        }
+    }
+    assert_eq!(gate.get("/after-forgery", Some(&token2)).await.status, 200);
+    assert_eq!(openid_of(&gate.upstream.last()), None);
+    assert!(logs().contains("does not open"), "the forgery is logged");
+    // A login outcome that does not open: WeChat is asked again.
+    let calls = gate.fake.calls(Api::Jscode2Session);
+    let replay = gate.post("/api/login", None, json!({"code": "junk.2"})).await;
+    assert!(replay.status.is_client_error(), "{} {}", replay.status, replay.text());
+    assert_eq!(gate.fake.calls(Api::Jscode2Session), calls + 1);
+    finish(gate).await;
+}
+
 /// Nothing readable at rest: after logins, a phone remembered and a key
 /// history, no key or value holds a token, a session_key, an openid, a
 /// unionid or a phone number, in any of the forms they travel in.

@@ -32,8 +32,10 @@
 //! Failures are never "no session": a command that fails or takes longer
 //! than `[redis].timeout` fails the request (503
 //! `session_store_unavailable`), unless the in-process cache can answer. A
-//! value that does not open, or an answer of the wrong type, is treated as
-//! absent and logged.
+//! value that does not open, or one of another type under a name of
+//! wxgate's (`WRONGTYPE`), is treated as absent and logged: a read finds
+//! nothing, a login code's outcome is cleared and the code exchanged again,
+//! a write clears the name and writes once more (`Failed`).
 
 mod conn;
 pub mod seal;
@@ -84,6 +86,9 @@ pub struct RedisShared {
     l1: Option<Cache<[u8; 16], Session>>,
     /// The revocation subscription is up: the in-process cache may answer.
     l1_valid: AtomicBool,
+    /// Counts revocations seen by this process: a cache fill that a
+    /// revocation overtook is dropped from the cache once it lands.
+    revocations: std::sync::atomic::AtomicU64,
     health: Health,
 }
 
@@ -231,6 +236,7 @@ impl RedisShared {
             code_lock: weixin_timeout * 2 + Duration::from_secs(1),
             l1,
             l1_valid: AtomicBool::new(false),
+            revocations: std::sync::atomic::AtomicU64::new(0),
             health: Health::default(),
         }))
     }
@@ -255,12 +261,11 @@ impl RedisShared {
         }
     }
 
-    fn forget(&self, digest: &[u8; 16]) {
+    /// Drops this process's copy of a session that changed or went.
+    async fn forget(&self, digest: &[u8; 16]) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
         if let Some(l1) = &self.l1 {
-            // Synchronous enough: a later `get` never sees the entry.
-            let l1 = l1.clone();
-            let digest = *digest;
-            tokio::spawn(async move { l1.invalidate(&digest).await });
+            l1.invalidate(digest).await;
         }
     }
 }
@@ -280,6 +285,46 @@ fn unavailable(cause: impl std::error::Error + Send + Sync + 'static) -> Error {
 #[error("no answer from Redis within {0:?}")]
 struct Timeout(Duration);
 
+/// Why a command gave no usable answer.
+#[derive(Debug)]
+enum Failed {
+    /// Redis answered, but not with what wxgate writes under that name: a
+    /// reply of another type, or `WRONGTYPE` (a value of another type sits
+    /// there). Logged where it happens; a read treats it as absent, a write
+    /// clears the name and tries once more.
+    Garbage,
+    /// Redis could not be reached, did not answer in time, or refused.
+    Unavailable(Error),
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Error {
+        match f {
+            Failed::Garbage => {
+                Error::Internal("Redis holds a value of another type under one of wxgate's names".into())
+            }
+            Failed::Unavailable(e) => e,
+        }
+    }
+}
+
+/// `WRONGTYPE`, alone or from a command of a transaction: a value of
+/// another type sits under the name.
+fn wrong_type(e: &redis::RedisError) -> bool {
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "WRONGTYPE"))
+}
+
+/// A read's answer: garbage is absent.
+fn absent_if_garbage<T: Default>(r: Result<T, Failed>) -> Result<T, Error> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(Failed::Garbage) => Ok(T::default()),
+        Err(Failed::Unavailable(e)) => Err(e),
+    }
+}
+
 impl RedisStore {
     /// Runs a command (or a transaction) within `[redis].timeout`.
     ///
@@ -289,7 +334,7 @@ impl RedisStore {
     /// a command is sent once more on a new connection, within the same
     /// deadline, so the first request after it is not a 503 (go-redis and
     /// Lettuce retry the same way). A command that timed out is not retried.
-    async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Result<T, Error> {
+    async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Result<T, Failed> {
         let shared = &self.shared;
         let deadline = tokio::time::Instant::now() + shared.timeout;
         let mut retried = false;
@@ -298,7 +343,7 @@ impl RedisStore {
                 Ok(c) => c,
                 Err(e) => {
                     shared.health.failed(op);
-                    return Err(unavailable(e));
+                    return Err(Failed::Unavailable(unavailable(e)));
                 }
             };
             let sent = async {
@@ -313,12 +358,14 @@ impl RedisStore {
                     Ok(v)
                 }
                 Ok(Err(e))
-                    if e.kind() == redis::ErrorKind::UnexpectedReturnType || e.kind() == redis::ErrorKind::Parse =>
+                    if e.kind() == redis::ErrorKind::UnexpectedReturnType
+                        || e.kind() == redis::ErrorKind::Parse
+                        || wrong_type(&e) =>
                 {
-                    // Redis answered, but not what was written: absent, logged.
+                    // Redis answered, but not what wxgate writes there.
                     shared.health.ok();
-                    tracing::warn!(op, error = %e, "an answer from Redis has the wrong type; treated as absent");
-                    Err(Error::Internal("unexpected answer from Redis".into()))
+                    tracing::warn!(op, error = %e, "Redis holds a value of another type under one of wxgate's names");
+                    Err(Failed::Garbage)
                 }
                 Ok(Err(e)) if e.is_connection_dropped() && !retried => {
                     tracing::debug!(op, error = %e, "the connection to Redis was closed; sending again on a new one");
@@ -329,20 +376,37 @@ impl RedisStore {
                 Ok(Err(e)) => {
                     self.conn.broken();
                     shared.health.failed(op);
-                    Err(unavailable(e))
+                    Err(Failed::Unavailable(unavailable(e)))
                 }
                 Err(_) => {
                     self.conn.broken();
                     shared.health.failed(op);
-                    Err(unavailable(Timeout(shared.timeout)))
+                    Err(Failed::Unavailable(unavailable(Timeout(shared.timeout))))
                 }
             };
         }
     }
 
+    /// A write to `names` (one key, or one transaction on it): when one of
+    /// them holds a value of another type, the names are cleared and the
+    /// write made once more, so a damaged key costs one login, not every one.
+    async fn write(&self, op: &'static str, names: &[&str], mut cmd: Query<'_>) -> Result<(), Error> {
+        match self.query::<Value>(op, cmd.reborrow()).await {
+            Ok(_) => Ok(()),
+            Err(Failed::Garbage) => {
+                for name in names {
+                    let _: Value = self.query(op, Query::Cmd(redis::cmd("DEL").arg(*name))).await?;
+                }
+                let _: Value = self.query(op, cmd).await?;
+                Ok(())
+            }
+            Err(Failed::Unavailable(e)) => Err(e),
+        }
+    }
+
     /// A bulk-string value, or `None` for a missing key or one of another type.
     async fn get_bytes(&self, op: &'static str, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        let value: Value = self.query(op, Query::Cmd(redis::cmd("GET").arg(name))).await?;
+        let value: Value = absent_if_garbage(self.query(op, Query::Cmd(redis::cmd("GET").arg(name))).await)?;
         Ok(match value {
             Value::BulkString(b) => Some(b),
             Value::Nil => None,
@@ -401,6 +465,16 @@ enum Query<'a> {
     Pipe(&'a redis::Pipeline),
 }
 
+impl Query<'_> {
+    /// The same command, lent again (for a second try).
+    fn reborrow(&mut self) -> Query<'_> {
+        match self {
+            Query::Cmd(c) => Query::Cmd(c),
+            Query::Pipe(p) => Query::Pipe(p),
+        }
+    }
+}
+
 /// Why a lookup found no session to cache (never cached: an absent session
 /// may be created a moment later, on another replica).
 #[derive(Debug, Clone)]
@@ -420,6 +494,7 @@ impl SessionStore for RedisStore {
             let Some(l1) = shared.l1.as_ref().filter(|_| shared.l1_valid.load(Ordering::Acquire)) else {
                 return Ok(self.fetch(&token, &name).await?.filter(live));
             };
+            let seen = shared.revocations.load(Ordering::Acquire);
             let found = l1
                 .try_get_with(digest, async {
                     match self.fetch(&token, &name).await {
@@ -429,6 +504,12 @@ impl SessionStore for RedisStore {
                     }
                 })
                 .await;
+            if found.is_ok() && shared.revocations.load(Ordering::Acquire) != seen {
+                // A revocation came while this was read from Redis: what was
+                // read may be what it revoked, so it is not kept (this request,
+                // which came first, still gets it).
+                l1.invalidate(&digest).await;
+            }
             match found {
                 Ok(s) => Ok(Some(s).filter(live)),
                 Err(miss) => match &*miss {
@@ -475,8 +556,8 @@ impl SessionStore for RedisStore {
                 .arg(expires_ms)
                 .arg("GT")
                 .ignore();
-            let _: () = self.query("insert_session", Query::Pipe(&pipe)).await?;
-            shared.forget(&digest);
+            self.write("insert_session", &[&index], Query::Pipe(&pipe)).await?;
+            shared.forget(&digest).await;
             // Other replicas drop their copy (a phone was remembered, say).
             self.publish(&name).await
         }
@@ -488,7 +569,7 @@ impl SessionStore for RedisStore {
         async move {
             let (digest, name) = self.session_name(&token);
             let _: Value = self.query("revoke", Query::Cmd(redis::cmd("DEL").arg(&name))).await?;
-            self.shared.forget(&digest);
+            self.shared.forget(&digest).await;
             self.publish(&name).await
         }
         .boxed()
@@ -497,9 +578,10 @@ impl SessionStore for RedisStore {
     fn revoke_user<'a>(&'a self, app: &'a App, openid: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         async move {
             let index = self.user_index(&app.appid, openid);
-            let names: Vec<String> = self
-                .query("revoke_user", Query::Cmd(redis::cmd("SMEMBERS").arg(&index)))
-                .await?;
+            let names: Vec<String> = absent_if_garbage(
+                self.query("revoke_user", Query::Cmd(redis::cmd("SMEMBERS").arg(&index)))
+                    .await,
+            )?;
             let mut revoked = 0;
             for name in &names {
                 // One key per command: names may live on different cluster slots.
@@ -508,7 +590,7 @@ impl SessionStore for RedisStore {
                     .await?;
                 revoked += deleted;
                 if let Some(digest) = self.shared.keys.digest_of(name) {
-                    self.shared.forget(&digest);
+                    self.shared.forget(&digest).await;
                 }
                 self.publish(name).await?;
             }
@@ -541,7 +623,7 @@ impl SessionStore for RedisStore {
                 .arg(&name)
                 .arg(shared.previous_key_ttl.as_millis() as u64)
                 .ignore();
-            self.query("record_key", Query::Pipe(&pipe)).await
+            self.write("record_key", &[&name], Query::Pipe(&pipe)).await
         }
         .boxed()
     }
@@ -551,9 +633,10 @@ impl SessionStore for RedisStore {
             let shared = &self.shared;
             let material: [&[u8]; 2] = [appid.as_bytes(), openid.as_bytes()];
             let name = shared.keys.name(Kind::KeyHistory, &material);
-            let sealed: Vec<Vec<u8>> = self
-                .query("recent_keys", Query::Cmd(redis::cmd("LRANGE").arg(&name).arg(0).arg(2)))
-                .await?;
+            let sealed: Vec<Vec<u8>> = absent_if_garbage(
+                self.query("recent_keys", Query::Cmd(redis::cmd("LRANGE").arg(&name).arg(0).arg(2)))
+                    .await,
+            )?;
             let mut keys: Vec<SessionKey> = Vec::new();
             for value in sealed {
                 match shared.keys.open(Kind::KeyHistory, &material, &name, &value) {
@@ -585,6 +668,7 @@ impl SessionStore for RedisStore {
             let material: [&[u8]; 2] = [appid.as_bytes(), code.as_bytes()];
             let name = shared.keys.name(Kind::Code, &material);
             let mut exchange = Some(exchange);
+            let mut cleared = 0;
             loop {
                 let taken: Value = self
                     .query(
@@ -633,18 +717,37 @@ impl SessionStore for RedisStore {
                         }
                     };
                     if let Err(e) = self.query::<Value>("login", Query::Cmd(&mut cmd)).await {
-                        tracing::warn!(error = %e.chain(), "cannot record a login code's outcome");
+                        tracing::warn!(error = %Error::from(e).chain(), "cannot record a login code's outcome");
                     }
                     return result.map(|issued| Login { issued, fresh: true });
                 }
                 let deadline = tokio::time::Instant::now() + shared.code_lock + CODE_POLL;
                 loop {
                     tokio::time::sleep(CODE_POLL).await;
-                    match self.get_bytes("login", &name).await? {
-                        Some(v) if v == PENDING => {}
-                        Some(sealed) => return self.code_outcome(&material, &name, &sealed),
+                    let damaged = match self
+                        .query::<Value>("login", Query::Cmd(redis::cmd("GET").arg(&name)))
+                        .await
+                    {
+                        Ok(Value::BulkString(v)) if v == PENDING => false,
+                        Ok(Value::BulkString(sealed)) => match self.code_outcome(&material, &name, &sealed) {
+                            Some(outcome) => return outcome,
+                            None => true,
+                        },
                         // The lock went (a failed exchange): try to take it.
-                        None => break,
+                        Ok(_) => break,
+                        Err(Failed::Garbage) => true,
+                        Err(Failed::Unavailable(e)) => return Err(e),
+                    };
+                    if damaged {
+                        // Something that is no outcome of wxgate's sits under the code's
+                        // name: clear it and go on as if it was never there (WeChat then
+                        // says whether the code is still good). Twice at most.
+                        cleared += 1;
+                        if cleared > 2 {
+                            return Err(Failed::Garbage.into());
+                        }
+                        let _: Value = self.query("login", Query::Cmd(redis::cmd("DEL").arg(&name))).await?;
+                        break;
                     }
                     if tokio::time::Instant::now() > deadline {
                         break;
@@ -683,33 +786,42 @@ impl SessionStore for RedisStore {
 }
 
 impl RedisStore {
-    fn code_outcome(&self, material: &[&[u8]], name: &str, sealed: &[u8]) -> Result<Login, Error> {
+    /// A stored login outcome, or `None` when it does not open (another
+    /// `[redis].secret`, tampering): logged, and treated as absent.
+    fn code_outcome(&self, material: &[&[u8]], name: &str, sealed: &[u8]) -> Option<Result<Login, Error>> {
         let keys = &self.shared.keys;
         let outcome = keys
             .open(Kind::Code, material, name, sealed)
             .ok()
             .and_then(|plain| serde_json::from_slice::<CodeOutcome>(&plain).ok());
-        match outcome {
+        let opened = match outcome {
             Some(CodeOutcome::Issued { token, session }) => {
-                let token = SessionToken::parse(token.as_bytes());
-                match (token, session.session(&self.shared.appids)) {
-                    (Some(token), Some(session)) => Ok(Login {
+                match (
+                    SessionToken::parse(token.as_bytes()),
+                    session.session(&self.shared.appids),
+                ) {
+                    (Some(token), Some(session)) => Some(Ok(Login {
                         issued: Issued { token, session },
                         fresh: false,
-                    }),
-                    _ => Err(Error::Internal("a stored login outcome does not open".into())),
+                    })),
+                    _ => None,
                 }
             }
-            Some(CodeOutcome::Refused { errcode }) => {
-                Err(crate::weixin::client::errcode_error(errcode, &serde_json::Value::Null))
-            }
-            None => {
-                tracing::warn!("a stored login outcome does not open");
-                Err(Error::Internal("a stored login outcome does not open".into()))
-            }
+            Some(CodeOutcome::Refused { errcode }) => Some(Err(crate::weixin::client::errcode_error(
+                errcode,
+                &serde_json::Value::Null,
+            ))),
+            None => None,
+        };
+        if opened.is_none() {
+            tracing::warn!("a stored login outcome does not open; treated as absent");
         }
+        opened
     }
 }
+
+/// How often the revocation subscription is pinged.
+const SUBSCRIPTION_PING: Duration = Duration::from_secs(2);
 
 /// Listens for revocations on `<prefix>revoked` until `stop`, keeping the
 /// in-process cache honest (see the module docs). Runs on its own thread.
@@ -735,16 +847,32 @@ pub async fn subscriber(shared: Arc<RedisShared>, stop: tokio_util::sync::Cancel
                 // cache may serve again.
                 shared.flush_l1();
                 shared.l1_valid.store(true, Ordering::Release);
+                shared.health.ok();
                 tracing::info!("listening for session revocations");
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                // A subscription can die without a word (a half-open TCP
+                // connection): a ping every SUBSCRIPTION_PING proves it alive,
+                // and tells `/readyz` whether Redis answers when no request does.
+                let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
+                        _ = ping.tick() => {
+                            let wait = shared.timeout.max(Duration::from_secs(1));
+                            match tokio::time::timeout(wait, sink.ping::<Value>()).await {
+                                Ok(Ok(_)) => shared.health.ok(),
+                                _ => {
+                                    shared.health.failed("subscription");
+                                    break;
+                                }
+                            }
+                        }
                         msg = messages.next() => match msg {
                             Some(msg) => {
                                 let name: String = msg.get_payload().unwrap_or_default();
-                                if let Some(digest) = shared.keys.digest_of(&name) && let Some(l1) = &shared.l1 {
-                                    l1.invalidate(&digest).await;
+                                if let Some(digest) = shared.keys.digest_of(&name) {
+                                    shared.forget(&digest).await;
                                 }
                             }
                             None => break,
@@ -757,8 +885,14 @@ pub async fn subscriber(shared: Arc<RedisShared>, stop: tokio_util::sync::Cancel
                     "the revocation subscription dropped; the in-process session cache is off until it is back"
                 );
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to session revocations"),
-            Err(_) => tracing::debug!("subscribing to session revocations timed out"),
+            Ok(Err(e)) => {
+                shared.health.failed("subscription");
+                tracing::debug!(error = %e, "cannot subscribe to session revocations");
+            }
+            Err(_) => {
+                shared.health.failed("subscription");
+                tracing::debug!("subscribing to session revocations timed out");
+            }
         }
         seed += 1;
         tokio::select! {
