@@ -253,6 +253,59 @@ async fn a_connection_redis_closed_while_idle_is_remade_without_an_error() {
     finish(gate).await;
 }
 
+/// A forced access-token refresh invalidates every replica's token, and
+/// WeChat allows about 20 a day: with replicas on one Redis, at most one
+/// forces per 30 s, whichever sees the rejected token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_force_a_token_refresh_once_between_them() {
+    let redis = RedisServer::start();
+    let a = gate(on_redis(&redis.url())).await;
+    let b = replica_of(&a, on_redis(&redis.url())).await;
+    let token = a.login("force.1").await;
+    for (i, gate) in [&a, &b].into_iter().enumerate() {
+        let res = gate
+            .post(
+                "/api/phone",
+                Some(&token),
+                json!({"code": format!("phone:13800000000.{i}")}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    a.fake.revoke_access_tokens();
+    let phones = (0..8).map(|i| {
+        let gate = if i % 2 == 0 { &a } else { &b };
+        let token = &token;
+        async move {
+            gate.post(
+                "/api/phone",
+                Some(token),
+                json!({"code": format!("phone:13800000001.{i}")}),
+            )
+            .await
+        }
+    });
+    for res in futures_util::future::join_all(phones).await {
+        // A replica that lost the race may answer 502 until the new token is out.
+        assert!(res.status == 200 || res.status == 502, "{} {}", res.status, res.text());
+    }
+    assert_eq!(a.fake.forced_refreshes(), 1, "forced by both replicas");
+    // Both come back with the refreshed token.
+    for (i, gate) in [&a, &b].into_iter().enumerate() {
+        let res = gate
+            .post(
+                "/api/phone",
+                Some(&token),
+                json!({"code": format!("phone:13800000002.{i}")}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text());
+    }
+    assert_eq!(a.fake.forced_refreshes(), 1);
+    finish(a).await;
+    finish(b).await;
+}
+
 /// With no traffic at all, `/readyz` and `wxgate_session_store_up` still
 /// follow Redis: the revocation subscription is pinged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
