@@ -30,6 +30,32 @@ const DECODE_ROUNDS: usize = 4;
 
 /// The normalised form of a request path (see the module docs).
 pub fn normalize(path: &str) -> Cow<'_, str> {
+    normalize_with(path, true)
+}
+
+/// [`normalize`], but with `..` kept as a segment: what a backend that does
+/// not resolve dot segments (Express, most prefix checks) routes on. A
+/// protected prefix is checked against both forms, so `/api/orders/../x`
+/// stays under `/api/orders`.
+pub fn normalize_keeping_dots(path: &str) -> Cow<'_, str> {
+    normalize_with(path, false)
+}
+
+/// The path without its last segment's suffix: from the segment's first
+/// `.` on (Rails' `(.:format)`, Spring's suffix matching: `/api/phone.json`
+/// is `/api/phone`), and without trailing spaces, tabs or NULs.
+pub fn stem(path: &str) -> Option<&str> {
+    let start = path.rfind('/').map_or(0, |i| i + 1);
+    let last = &path[start..];
+    let cut = match last.find('.') {
+        Some(0) | None => last,
+        Some(i) => &last[..i],
+    };
+    let cut = cut.trim_end_matches([' ', '\t', '\0']);
+    (cut.len() < last.len() && !cut.is_empty()).then(|| &path[..start + cut.len()])
+}
+
+fn normalize_with(path: &str, resolve_dots: bool) -> Cow<'_, str> {
     if is_plain(path) {
         return Cow::Borrowed(path);
     }
@@ -48,7 +74,7 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
         };
         match segment {
             b"" | b"." => {}
-            b".." => {
+            b".." if resolve_dots => {
                 segments.pop();
             }
             s => segments.push(s),
@@ -141,6 +167,25 @@ pub fn under(path: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stems_drop_suffixes_and_trailing_junk() {
+        assert_eq!(stem("/api/phone.json"), Some("/api/phone"));
+        assert_eq!(stem("/api/phone."), Some("/api/phone"));
+        assert_eq!(stem("/api/phone \0"), Some("/api/phone"));
+        assert_eq!(stem("/v1.2/orders"), None, "only the last segment");
+        assert_eq!(stem("/api/.hidden"), None);
+        assert_eq!(stem("/api/phone"), None);
+        assert_eq!(stem("/"), None);
+    }
+
+    #[test]
+    fn dot_segments_can_be_kept() {
+        assert_eq!(normalize("/api/orders/../../x"), "/x");
+        assert_eq!(normalize_keeping_dots("/api/orders/../../x"), "/api/orders/../../x");
+        assert_eq!(normalize_keeping_dots("/API/orders/..;/./x"), "/api/orders/../x");
+        assert_eq!(normalize_keeping_dots("/api/orders"), "/api/orders");
+    }
 
     #[test]
     fn every_spelling_of_a_route_normalizes_to_it() {

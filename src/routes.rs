@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::metrics::RouteKind;
-use crate::path::{normalize, under};
+use crate::path::{normalize, normalize_keeping_dots, stem, under};
 
 /// wxgate's own routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,12 @@ impl Routes {
             return Classified::Route(*r);
         }
         let normalized: Cow<'_, str> = normalize(path);
-        match self.normalized.iter().find(|(p, _)| **p == *normalized) {
+        let stemmed = stem(&normalized);
+        match self
+            .normalized
+            .iter()
+            .find(|(p, _)| **p == *normalized || stemmed.is_some_and(|s| **p == *s))
+        {
             Some((_, r)) => Classified::Spelling(*r),
             None => Classified::PassThrough,
         }
@@ -106,7 +111,11 @@ impl Routes {
     /// The route path that `spelling` is another spelling of.
     pub fn canonical(&self, spelling: &str) -> Option<&str> {
         let normalized = normalize(spelling);
-        let i = self.normalized.iter().position(|(p, _)| **p == *normalized)?;
+        let stemmed = stem(&normalized);
+        let i = self
+            .normalized
+            .iter()
+            .position(|(p, _)| **p == *normalized || stemmed.is_some_and(|s| **p == *s))?;
         Some(&self.exact[i].0)
     }
 
@@ -155,8 +164,12 @@ impl Access {
 
     /// Whether a caller with `identity` may reach `path`.
     pub fn check(&self, path: &str, identity: Option<&Identity>) -> Result<(), Error> {
-        let path = normalize(path);
-        let covers = |list: &[Box<str>]| list.iter().any(|p| under(&path, p));
+        // Every form a backend might route on: dot segments resolved or not,
+        // with or without a suffix. Matching any of them protects the path.
+        let resolved = normalize(path);
+        let kept = normalize_keeping_dots(path);
+        let forms = [Some(&*resolved), stem(&resolved), Some(&*kept), stem(&kept)];
+        let covers = |list: &[Box<str>]| list.iter().any(|p| forms.iter().flatten().any(|form| under(form, p)));
         if covers(&self.phone) {
             return match identity {
                 None => Err(Error::SessionRequired),

@@ -97,9 +97,18 @@ async fn protected_paths_need_a_session_and_a_phone() {
         "/API/orders",
         "/api/%6frders",
         "/api//orders/",
+        // Dot segments: a backend that does not resolve them (Express,
+        // prefix checks) still routes these under /api/orders.
+        "/api/orders/../../x",
+        "/api/orders/%2e%2e/%2e%2e/x",
+        "/api/orders/7%2f..%2f..%2f..%2fx",
+        "/api/orders/..;/..;/x",
+        // Suffixes: Rails' `(.:format)`.
+        "/api/orders.json",
     ] {
-        let a = gate.get(path, None).await;
-        a.assert_error(401, "session_required");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let res = raw_one(gate.addr, request.as_bytes()).await;
+        assert_raw_error(&res, 401, "session_required");
     }
     assert_eq!(
         gate.upstream.count(),

@@ -272,6 +272,12 @@ async fn other_spellings_of_the_routes_never_reach_the_backend() {
         "/API/LOGIN",
         "/api/login/",
         "/api/logout;jsessionid=1",
+        // Suffixes: Rails' `(.:format)`, Spring's suffix matching.
+        "/api/phone.json",
+        "/api/phone.",
+        "/api/phone%20",
+        "/api/phone%00",
+        "/api/login.xml",
     ] {
         let body = r#"{"encryptedData":"x","iv":"y","code":"phone:13800000000"}"#;
         let request = format!(
