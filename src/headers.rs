@@ -41,6 +41,10 @@ pub fn visible_ascii(s: &str, max: usize) -> bool {
 pub struct Forbidden {
     prefixes: Vec<Box<[u8]>>,
     names: Vec<Box<[u8]>>,
+    /// Names that pass only in their exact spelling (the client-address
+    /// headers wxgate sets): any other spelling that folds the same is
+    /// removed, so a CGI-style backend never reads two of them.
+    exact_only: Vec<(Box<[u8]>, &'static str)>,
     /// For each first folded character (its [`slot`]), the set of second
     /// folded characters some prefix or name starts with, as bits; bit
     /// [`ANY`] for a one-character prefix or name.
@@ -102,8 +106,23 @@ impl Forbidden {
         Self {
             prefixes,
             names,
+            exact_only: Vec::new(),
             starts,
         }
+    }
+
+    /// Also removes every spelling of `names` (lower case, as `http` keeps
+    /// them) but the exact one.
+    pub fn with_exact_only(mut self, names: &[&'static str]) -> Self {
+        for &name in names {
+            let f = fold(name).into_bytes().into_boxed_slice();
+            if let Some(first) = f.first().and_then(|&c| slot(c)) {
+                let second = f.get(1).and_then(|&c| slot(c)).map_or(ANY, |s| s as u32);
+                self.starts[first] |= 1 << second;
+                self.exact_only.push((f, name));
+            }
+        }
+        self
     }
 
     /// Whether a client header called `name` must not reach the backend.
@@ -154,7 +173,13 @@ impl Forbidden {
             len += 1;
         }
         let folded = &buf[..len];
-        self.prefixes.iter().any(|p| folded.starts_with(p)) || (!overflow && self.names.iter().any(|n| **n == *folded))
+        self.prefixes.iter().any(|p| folded.starts_with(p))
+            || (!overflow && self.names.iter().any(|n| **n == *folded))
+            || (!overflow
+                && self
+                    .exact_only
+                    .iter()
+                    .any(|(f, exact)| **f == *folded && name != *exact))
     }
 
     /// Removes every forbidden header; returns the names removed.
