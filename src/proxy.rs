@@ -327,15 +327,17 @@ impl Proxy {
         let original = std::mem::take(req.uri_mut());
         let h2 = req.version() == Version::HTTP_2;
         // The client's Host (already in place), or the authority of an
-        // HTTP/2 or absolute-form target (to be written).
+        // HTTP/2 target without one, or of an absolute-form target, which
+        // wins over a Host header (RFC 9112 3.2.2) (to be written).
+        let authority = || {
+            original
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        };
         let (host, host_in_place) = match req.headers().get(header::HOST) {
+            Some(_) if !h2 && original.authority().is_some() => (authority(), false),
             Some(h) => (Some(h.clone()), true),
-            None => (
-                original
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                false,
-            ),
+            None => (authority(), false),
         };
         let asterisk = req.method() == Method::OPTIONS && original.path() == "*";
         let path_and_query = if asterisk {

@@ -120,10 +120,12 @@ fn admit<B>(req: &Request<B>) -> Result<(), Error> {
     if hosts.next().is_some() {
         return Err(Error::invalid("the request has two Host headers"));
     }
+    if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::invalid("the request target's authority has user information"));
+    }
     match (req.version(), host) {
-        (Version::HTTP_11, None) if req.uri().authority().is_none() => {
-            Err(Error::invalid("an HTTP/1.1 request needs a Host header"))
-        }
+        // RFC 9112 3.2: even with an absolute-form target.
+        (Version::HTTP_11, None) => Err(Error::invalid("an HTTP/1.1 request needs a Host header")),
         (Version::HTTP_2, Some(host)) => match req.uri().authority() {
             Some(authority) if !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
                 Err(Error::invalid("the Host header differs from :authority"))
@@ -156,5 +158,15 @@ mod tests {
         assert!(admit(&req(Version::HTTP_2, "http://a/", &["A"])).is_ok());
         assert!(admit(&req(Version::HTTP_2, "http://a/", &["b"])).is_err());
         assert!(admit(&req(Version::HTTP_2, "http://a/", &[])).is_ok());
+        assert!(
+            admit(&req(Version::HTTP_11, "http://a/", &[])).is_err(),
+            "absolute-form needs Host too"
+        );
+        assert!(admit(&req(Version::HTTP_11, "http://a/", &["b"])).is_ok());
+        assert!(admit(&req(Version::HTTP_2, "http://evil@a/", &[])).is_err(), "userinfo");
+        assert!(
+            admit(&req(Version::HTTP_11, "http://evil@a/", &["a"])).is_err(),
+            "userinfo"
+        );
     }
 }

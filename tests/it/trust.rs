@@ -486,8 +486,27 @@ async fn host_rules_hold() {
     )
     .await;
     assert_raw_error(&res, 400, "invalid_request");
-    // HTTP/1.1 without Host.
+    // HTTP/1.1 without Host, also with an absolute-form target.
     let res = raw_one(gate.addr, b"GET /h HTTP/1.1\r\n\r\n").await;
+    assert_raw_error(&res, 400, "invalid_request");
+    let res = raw_one(gate.addr, b"GET http://evil.example/h HTTP/1.1\r\n\r\n").await;
+    assert_raw_error(&res, 400, "invalid_request");
+    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+    let res = raw_one(
+        gate.addr,
+        b"GET http://mp.example/abs HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let r = gate.upstream.last();
+    assert_eq!(values(&r.headers, "host"), ["mp.example"]);
+    assert_eq!(values(&r.headers, "x-forwarded-host"), ["mp.example"]);
+    // User information in the target's authority.
+    let res = raw_one(
+        gate.addr,
+        b"GET http://evil@mp.example/h HTTP/1.1\r\nHost: mp.example\r\n\r\n",
+    )
+    .await;
     assert_raw_error(&res, 400, "invalid_request");
     // Connection cannot name Host, so X-Forwarded-Host is always the Host forwarded.
     let res = raw_one(
