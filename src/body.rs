@@ -28,7 +28,13 @@ pub enum Body {
     Incoming(Incoming),
     Full(Full<Bytes>),
     Watched(Incoming, Arc<dyn Fn() + Send + Sync>),
+    /// A backend's body whose trailers pass through a filter (the session
+    /// header is wxgate's, in trailers too).
+    Trailered(Incoming, TrailerFilter),
 }
+
+/// What a backend's trailers go through before they reach the client.
+pub type TrailerFilter = Arc<dyn Fn(&mut http::HeaderMap) + Send + Sync>;
 
 impl From<Incoming> for Body {
     fn from(b: Incoming) -> Self {
@@ -67,19 +73,27 @@ impl http_body::Body for Body {
                 }
                 polled
             }
+            Body::Trailered(b, filter) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    let mut trailers = frame.into_trailers().unwrap_or_default();
+                    filter(&mut trailers);
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                polled => polled,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Incoming(b) | Body::Watched(b, _) => b.is_end_stream(),
+            Body::Incoming(b) | Body::Watched(b, _) | Body::Trailered(b, _) => b.is_end_stream(),
             Body::Full(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Incoming(b) | Body::Watched(b, _) => b.size_hint(),
+            Body::Incoming(b) | Body::Watched(b, _) | Body::Trailered(b, _) => b.size_hint(),
             Body::Full(b) => b.size_hint(),
         }
     }

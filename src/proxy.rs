@@ -100,6 +100,8 @@ struct Inner {
     pool: UpstreamPool<Outgoing>,
     target: Target,
     render: Arc<Render>,
+    /// The session header leaves a backend's trailers too.
+    trailer_filter: crate::body::TrailerFilter,
     timeout: Duration,
     body_read_timeout: Duration,
     websocket_idle: Duration,
@@ -132,8 +134,13 @@ impl Proxy {
             max_headers: config.max_response_headers,
             max_header_bytes: config.max_response_header_bytes,
         });
+        let trailer_filter: crate::body::TrailerFilter = {
+            let render = render.clone();
+            Arc::new(move |trailers: &mut http::HeaderMap| render.strip_session_from_response(trailers))
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                trailer_filter,
                 pool,
                 target: Target {
                     addr: format!("{}:{port}", authority.host()).into(),
@@ -314,6 +321,10 @@ impl Proxy {
                 // Answered before the request body was all sent.
                 upload.answered_early();
                 Body::Watched(incoming, Arc::new(move || upload.answer_relayed()))
+            }
+            // Only a body without a length (chunked) can end in trailers.
+            _ if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                Body::Trailered(incoming, self.inner.trailer_filter.clone())
             }
             _ => Body::Incoming(incoming),
         };

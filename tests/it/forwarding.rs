@@ -207,8 +207,12 @@ async fn trailers_reach_clients_that_accept_them() {
     )
     .await;
     let text = String::from_utf8_lossy(&res).to_ascii_lowercase();
-    assert!(text.contains("trailer: x-sum"), "{text}");
+    assert!(text.contains("trailer: x-sum, x-wx-session"), "{text}");
     assert!(text.contains("0\r\nx-sum: 42\r\n"), "{text}");
+    assert!(
+        !text.contains("from-a-trailer"),
+        "the backend handed out a session in a trailer: {text}"
+    );
     assert_eq!(values(&gate.upstream.last().headers, "te"), ["trailers"]);
     let res = raw(
         gate.addr,

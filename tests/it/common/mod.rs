@@ -113,7 +113,7 @@ impl Upstream {
 /// - `/download?bytes=N`: streams N pattern bytes in 64 KiB chunks;
 /// - `/slow?ms=N`: answers after N ms (counting how many it answers at once);
 /// - `/set-session`: answers with its own `x-wx-session` (which wxgate must remove);
-/// - `/with-trailers`: a chunked body with the trailer `x-sum: 42`;
+/// - `/with-trailers`: a chunked body with the trailers `x-sum: 42` and `x-wx-session` (which wxgate removes);
 /// - `/hop`: answers with hop-by-hop headers;
 /// - `/ws`: WebSocket echo;
 /// - `/rich`: 201 with [`RICH_BODY`] (every byte value) and end-to-end headers: two
@@ -236,11 +236,13 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
                 Ok(Frame::trailers({
                     let mut t = HeaderMap::new();
                     t.insert("x-sum", "42".parse().unwrap());
+                    // The session header is wxgate's, in trailers too.
+                    t.insert("x-wx-session", "from-a-trailer".parse().unwrap());
                     t
                 })),
             ]);
             let mut res = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-            res.headers_mut().insert(header::TRAILER, "x-sum".parse().unwrap());
+            res.headers_mut().insert(header::TRAILER, "x-sum, x-wx-session".parse().unwrap());
             Ok(res)
         }
         "/set-session" => {
