@@ -242,7 +242,8 @@ async fn upstream_answer(state: Upstream, mut req: Request<Incoming>) -> Result<
                 })),
             ]);
             let mut res = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-            res.headers_mut().insert(header::TRAILER, "x-sum, x-wx-session".parse().unwrap());
+            res.headers_mut()
+                .insert(header::TRAILER, "x-sum, x-wx-session".parse().unwrap());
             Ok(res)
         }
         "/set-session" => {
