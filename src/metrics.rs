@@ -67,7 +67,7 @@ struct Metrics {
     client_connections: IntGauge,
     store_up: IntGauge,
     store_errors: IntCounterVec,
-    log_lines_dropped: IntGauge,
+    log_lines_dropped: IntCounter,
     info: IntGaugeVec,
 }
 
@@ -165,7 +165,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             ),
             &["op"]
         )),
-        log_lines_dropped: reg!(IntGauge::new(
+        log_lines_dropped: reg!(IntCounter::new(
             "log_lines_dropped_total",
             "Log lines dropped because the log writer's queue was full (the writer never blocks a request)."
         )),
@@ -385,9 +385,13 @@ pub fn set_sessions(n: u64) {
 /// The registry in Prometheus' text format.
 pub fn render() -> String {
     if let Some(drops) = LOG_DROPS.get() {
-        METRICS
-            .log_lines_dropped
-            .set(i64::try_from(drops.dropped_lines()).unwrap_or(i64::MAX));
+        // A counter that follows the writer's own (monotonic) count; one
+        // scrape at a time moves it.
+        static FOLLOW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FOLLOW.lock().unwrap_or_else(|p| p.into_inner());
+        let counter = &METRICS.log_lines_dropped;
+        let dropped = u64::try_from(drops.dropped_lines()).unwrap_or(u64::MAX);
+        counter.inc_by(dropped.saturating_sub(counter.get()));
     }
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail on I/O; a bad metric would be a bug.

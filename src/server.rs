@@ -335,7 +335,7 @@ pub fn start_with(config: Config, listeners: Listeners) -> Result<Running, Start
         %addr,
         %admin_addr,
         apps = %apps.join(","),
-        upstream = %c.upstream.url,
+        upstream = %crate::config::redact_url(&c.upstream.url),
         weixin_api = %c.weixin.api_base,
         session_store = shared.stores.describe(),
         workers = worker_count,

@@ -730,6 +730,16 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("secret = \"[redacted]\""), "{shown}");
         assert!(shown.contains("appid = \"wx4f4bc4dec97d474b\""), "{shown}");
+        let c = load(
+            MINIMAL,
+            &[("WXGATE_UPSTREAM__URL", "http://svc:p4ssw0rd@127.0.0.1:3000")],
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("p4ssw0rd") && shown.contains("svc:[redacted]@"),
+            "{shown}"
+        );
     }
 
     #[test]

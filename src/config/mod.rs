@@ -732,10 +732,12 @@ impl Config {
                 }
             }
         }
-        if let Some(toml::Value::Table(redis)) = table.get_mut("redis")
-            && let Some(toml::Value::String(url)) = redis.get_mut("url")
-        {
-            *url = redact_url(url);
+        for section in ["redis", "upstream"] {
+            if let Some(toml::Value::Table(t)) = table.get_mut(section)
+                && let Some(toml::Value::String(url)) = t.get_mut("url")
+            {
+                *url = redact_url(url);
+            }
         }
         for (section, key) in load::SECRET_KEYS {
             if let Some(toml::Value::Table(t)) = table.get_mut(*section)
