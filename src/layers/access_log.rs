@@ -222,11 +222,15 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if !*this.done {
                 let now = Instant::now();
-                metrics::request_finished(*this.route, CLIENT_CLOSED, now - *this.start, now.into_std());
+                let outcome = Outcome::cut();
+                // Not both 499: a client that went away, or wxgate's own
+                // shutdown grace that ran out before an answer.
+                let status = if outcome == Outcome::Shutdown { CUT_BY_SHUTDOWN_STATUS } else { CLIENT_CLOSED };
+                metrics::request_finished(*this.route, status, now - *this.start, now.into_std());
                 if let Some(mut record) = this.record.take() {
-                    record.status = CLIENT_CLOSED;
+                    record.status = status;
                     record.to_head = now - *this.start;
-                    record.finish(0, Outcome::cut());
+                    record.finish(0, outcome);
                 }
             }
         }
@@ -234,6 +238,9 @@ pin_project_lite::pin_project! {
 }
 
 const CLIENT_CLOSED: u16 = 499;
+/// A request cut by `server.shutdown_grace` before its answer: the server
+/// could not serve it (nothing was sent).
+const CUT_BY_SHUTDOWN_STATUS: u16 = 503;
 
 impl<F, R, E> Future for ResponseFuture<F>
 where

@@ -187,7 +187,10 @@ async fn shutdown_grace_bounds_the_drain() {
     let mut gate = gate(|c| c.server.shutdown_grace = wxgate::config::HumanDuration(Duration::from_millis(300))).await;
     let url = gate.url("/slow?ms=60000");
     let slow = tokio::spawn(async move {
-        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::get(url)
+            .header("x-request-id", "cut-by-the-grace")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(30), client().request(req)).await
     });
     assert!(eventually(async || gate.upstream.count() == 1).await);
@@ -201,6 +204,19 @@ async fn shutdown_grace_bounds_the_drain() {
     assert!(
         outcome.is_err(),
         "a 60 s request finished within the grace: {outcome:?}"
+    );
+    // Logged as cut by the shutdown, not as a client that went away (499).
+    let line = |l: &&str| l.contains("request_id=cut-by-the-grace");
+    assert!(
+        eventually(async || logs().lines().any(|l| line(&l))).await,
+        "{}",
+        logs()
+    );
+    let logs = logs();
+    let cut = logs.lines().find(line).unwrap();
+    assert!(
+        cut.contains("status=503") && cut.contains("outcome=\"shutdown\""),
+        "{cut}"
     );
     assert_no_wxgate_panic();
 }
