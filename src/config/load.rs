@@ -472,9 +472,42 @@ mod tests {
                 }
                 continue;
             }
-            assert!(text.contains(&format!("[{section}]")), "config.toml lacks [{section}]");
-            for key in keys.as_table().unwrap().keys() {
-                assert!(text.contains(&format!("{key} =")), "config.toml lacks {section}.{key}");
+            // The section's own lines, from its header to the next one.
+            let header = format!("[{section}]");
+            let start = text
+                .lines()
+                .position(|l| l.trim() == header)
+                .unwrap_or_else(|| panic!("config.toml lacks [{section}]"));
+            let lines: Vec<&str> = text
+                .lines()
+                .skip(start + 1)
+                .take_while(|l| !l.starts_with('['))
+                .collect();
+            let shipped = text.parse::<toml::Table>().unwrap();
+            for (key, default) in keys.as_table().unwrap() {
+                let named = |l: &&str| {
+                    let l = l.trim_start_matches("# ");
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+                };
+                assert!(
+                    lines.iter().any(named),
+                    "config.toml lacks {section}.{key} in [{section}]"
+                );
+                // A value it sets is the default, so the file documents what wxgate does.
+                if let Some(value) = shipped.get(&section).and_then(|t| t.get(key)) {
+                    let same = match (value, default) {
+                        (toml::Value::String(a), toml::Value::String(b)) => {
+                            a == b
+                                || humantime::parse_duration(a)
+                                    .is_ok_and(|d| humantime::parse_duration(b).ok() == Some(d))
+                        }
+                        (a, b) => a == b,
+                    };
+                    assert!(
+                        same,
+                        "config.toml sets {section}.{key} = {value}, the default is {default}"
+                    );
+                }
             }
         }
     }
