@@ -45,6 +45,9 @@ pub struct Forbidden {
     /// headers wxgate sets): any other spelling that folds the same is
     /// removed, so a CGI-style backend never reads two of them.
     exact_only: Vec<(Box<[u8]>, &'static str)>,
+    /// Each exact name of `exact_only` (its length first, for a cheap
+    /// miss), and whether a prefix or name forbids it anyway.
+    exact_fast: Vec<(usize, &'static str, bool)>,
     /// For each first folded character (its [`slot`]), the set of second
     /// folded characters some prefix or name starts with, as bits; bit
     /// [`ANY`] for a one-character prefix or name.
@@ -107,6 +110,7 @@ impl Forbidden {
             prefixes,
             names,
             exact_only: Vec::new(),
+            exact_fast: Vec::new(),
             starts,
         }
     }
@@ -122,11 +126,28 @@ impl Forbidden {
                 self.exact_only.push((f, name));
             }
         }
+        for &name in names {
+            let forbidden = self.matches_folded(name);
+            self.exact_fast.push((name.len(), name, forbidden));
+        }
         self
     }
 
     /// Whether a client header called `name` must not reach the backend.
     pub fn matches(&self, name: &str) -> bool {
+        // The exact spellings of `exact_only` (which wxgate itself wrote on
+        // every request) pass without being folded, unless also forbidden.
+        if let Some((_, _, forbidden)) = self
+            .exact_fast
+            .iter()
+            .find(|(len, n, _)| *len == name.len() && *n == name)
+        {
+            return *forbidden;
+        }
+        self.matches_folded(name)
+    }
+
+    fn matches_folded(&self, name: &str) -> bool {
         let bytes = name.as_bytes();
         // The first two folded characters, by table: this runs for every
         // header of every request, and most names stop here.

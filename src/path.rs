@@ -45,14 +45,29 @@ pub fn normalize_keeping_dots(path: &str) -> Cow<'_, str> {
 /// `.` on (Rails' `(.:format)`, Spring's suffix matching: `/api/phone.json`
 /// is `/api/phone`), and without trailing spaces, tabs or NULs.
 pub fn stem(path: &str) -> Option<&str> {
-    let start = path.rfind('/').map_or(0, |i| i + 1);
-    let last = &path[start..];
-    let cut = match last.find('.') {
-        Some(0) | None => last,
-        Some(i) => &last[..i],
+    let b = path.as_bytes();
+    // One pass back over the last segment: its first '.', and whether it
+    // ends in junk. Most paths have neither, and stop here.
+    let mut start = b.len();
+    let mut dot = None;
+    while start > 0 && b[start - 1] != b'/' {
+        start -= 1;
+        if b[start] == b'.' {
+            dot = Some(start);
+        }
+    }
+    let junk = |c: &u8| matches!(c, b' ' | b'\t' | 0);
+    if dot.is_none() && !b.last().is_some_and(junk) {
+        return None;
+    }
+    let mut end = match dot {
+        Some(d) if d > start => d,
+        _ => b.len(),
     };
-    let cut = cut.trim_end_matches([' ', '\t', '\0']);
-    (cut.len() < last.len() && !cut.is_empty()).then(|| &path[..start + cut.len()])
+    while end > start && junk(&b[end - 1]) {
+        end -= 1;
+    }
+    (end < b.len() && end > start).then(|| &path[..end])
 }
 
 fn normalize_with(path: &str, resolve_dots: bool) -> Cow<'_, str> {
