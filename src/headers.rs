@@ -126,6 +126,12 @@ impl Forbidden {
                 self.exact_only.push((f, name));
             }
         }
+        self.with_known(names)
+    }
+
+    /// Names wxgate itself writes on every request: decided once, here,
+    /// rather than folded for every request.
+    pub fn with_known(mut self, names: &[&'static str]) -> Self {
         for &name in names {
             let forbidden = self.matches_folded(name);
             self.exact_fast.push((name.len(), name, forbidden));

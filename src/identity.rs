@@ -102,13 +102,15 @@ impl Render {
             .chain(h.strip_names.iter().map(String::as_str));
         Arc::new(Self {
             names: HeaderNames::new(config),
-            forbidden: Forbidden::new(h.strip_prefixes.iter().map(String::as_str), owned).with_exact_only(&[
-                "x-real-ip",
-                "x-forwarded-for",
-                "x-forwarded-host",
-                "x-forwarded-proto",
-                "forwarded",
-            ]),
+            forbidden: Forbidden::new(h.strip_prefixes.iter().map(String::as_str), owned)
+                .with_exact_only(&[
+                    "x-real-ip",
+                    "x-forwarded-for",
+                    "x-forwarded-host",
+                    "x-forwarded-proto",
+                    "forwarded",
+                ])
+                .with_known(&["x-request-id"]),
             session_spellings: Forbidden::new([], [config.session.header.as_str()]),
             appids: apps.all().iter().map(|a| a.appid_value.clone()).collect(),
             remember_phone: config.phone.remember,

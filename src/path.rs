@@ -29,6 +29,7 @@ use std::borrow::Cow;
 const DECODE_ROUNDS: usize = 4;
 
 /// The normalised form of a request path (see the module docs).
+#[inline]
 pub fn normalize(path: &str) -> Cow<'_, str> {
     normalize_with(path, true)
 }
@@ -70,10 +71,15 @@ pub fn stem(path: &str) -> Option<&str> {
     (end < b.len() && end > start).then(|| &path[..end])
 }
 
+#[inline]
 fn normalize_with(path: &str, resolve_dots: bool) -> Cow<'_, str> {
     if is_plain(path) {
         return Cow::Borrowed(path);
     }
+    normalize_slow(path, resolve_dots)
+}
+
+fn normalize_slow(path: &str, resolve_dots: bool) -> Cow<'_, str> {
     let mut bytes = path.as_bytes().to_vec();
     for _ in 0..DECODE_ROUNDS {
         match percent_decode(&bytes) {
