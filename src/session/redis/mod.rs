@@ -326,17 +326,18 @@ fn absent_if_garbage<T: Default>(r: Result<T, Failed>) -> Result<T, Error> {
 }
 
 impl RedisStore {
-    /// Runs a command (or a transaction) within `[redis].timeout`.
+    /// Runs a command (or a transaction) within `[redis].timeout`, counted
+    /// from when a connection is at hand (making one has its own
+    /// `connect_timeout`: a TLS handshake must not eat the command's time).
     ///
     /// A connection that Redis (or something between) closed while it sat
     /// idle fails its next command at once with "connection dropped": Redis
     /// restarted, a failover, or Redis' own `timeout` for idle clients. Such
-    /// a command is sent once more on a new connection, within the same
-    /// deadline, so the first request after it is not a 503 (go-redis and
-    /// Lettuce retry the same way). A command that timed out is not retried.
+    /// a command is sent once more on a new connection, so the first request
+    /// after it is not a 503 (go-redis and Lettuce retry the same way). A
+    /// command that timed out is not retried.
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: Query<'_>) -> Result<T, Failed> {
         let shared = &self.shared;
-        let deadline = tokio::time::Instant::now() + shared.timeout;
         let mut retried = false;
         loop {
             let mut conn: AnyConn = match self.conn.get().await {
@@ -352,7 +353,7 @@ impl RedisStore {
                     Query::Pipe(p) => p.query_async::<T>(&mut conn).await,
                 }
             };
-            return match tokio::time::timeout_at(deadline, sent).await {
+            return match tokio::time::timeout(shared.timeout, sent).await {
                 Ok(Ok(v)) => {
                     shared.health.ok();
                     Ok(v)
