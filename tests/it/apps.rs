@@ -94,18 +94,7 @@ fn appid_of(r: &Received) -> Option<String> {
 }
 
 fn mint(fake: &FakeWeixin, user: &str, phone: &str, appid: &str, watermark: Option<&str>) -> Value {
-    let m = fake
-        .mint_phone(&MintRequest {
-            user: user.into(),
-            phone_number: phone.into(),
-            pure_phone_number: phone.into(),
-            country_code: "86".into(),
-            appid: Some(appid.into()),
-            watermark_appid: watermark.map(Into::into),
-            timestamp: None,
-        })
-        .unwrap();
-    json!({"encryptedData": m.encrypted_data, "iv": m.iv})
+    phone_body(fake, user, phone, Some(appid), watermark)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

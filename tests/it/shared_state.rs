@@ -24,18 +24,7 @@ fn openid_of(r: &Received) -> Option<String> {
 }
 
 fn mint(fake: &FakeWeixin, user: &str, phone: &str) -> Value {
-    let m = fake
-        .mint_phone(&MintRequest {
-            user: user.into(),
-            phone_number: phone.into(),
-            pure_phone_number: phone.into(),
-            country_code: "86".into(),
-            appid: None,
-            watermark_appid: None,
-            timestamp: None,
-        })
-        .unwrap();
-    json!({"encryptedData": m.encrypted_data, "iv": m.iv})
+    phone_body(fake, user, phone, None, None)
 }
 
 /// Two replicas on one Redis: a login on one is known to the other, with

@@ -73,6 +73,24 @@ fn init_logs() {
 
 pub use wxgate::fake::Received;
 
+/// What the phone button gives, `{"encryptedData", "iv"}`, minted by the fake
+/// for `user` in the app `appid` (the fake's first app by default),
+/// watermarked with `watermark` (by default that same app).
+pub fn phone_body(fake: &FakeWeixin, user: &str, phone: &str, appid: Option<&str>, watermark: Option<&str>) -> Value {
+    let m = fake
+        .mint_phone(&MintRequest {
+            user: user.into(),
+            phone_number: phone.into(),
+            pure_phone_number: phone.into(),
+            country_code: "86".into(),
+            appid: appid.map(Into::into),
+            watermark_appid: watermark.map(Into::into),
+            timestamp: None,
+        })
+        .unwrap();
+    json!({"encryptedData": m.encrypted_data, "iv": m.iv})
+}
+
 #[derive(Clone, Default)]
 pub struct Upstream {
     pub addr: Option<SocketAddr>,
