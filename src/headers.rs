@@ -133,7 +133,7 @@ impl Forbidden {
     /// rather than folded for every request.
     pub fn with_known(mut self, names: &[&'static str]) -> Self {
         for &name in names {
-            let forbidden = self.matches_folded(name);
+            let forbidden = self.matches_by_folding(name);
             self.exact_fast.push((name.len(), name, forbidden));
         }
         self
@@ -141,6 +141,11 @@ impl Forbidden {
 
     /// Whether a client header called `name` must not reach the backend.
     pub fn matches(&self, name: &str) -> bool {
+        // The first folded character, by table: this runs for every header
+        // of every request, and most names (`host`, `accept`...) stop here.
+        let Some((wanted, i)) = self.wanted(name) else {
+            return false;
+        };
         // The exact spellings of `exact_only` (which wxgate itself wrote on
         // every request) pass without being folded, unless also forbidden.
         if let Some((_, _, forbidden)) = self
@@ -150,18 +155,23 @@ impl Forbidden {
         {
             return *forbidden;
         }
-        self.matches_folded(name)
+        self.matches_folded(i, wanted, name)
     }
 
-    fn matches_folded(&self, name: &str) -> bool {
+    /// Whether `name` must go, by its folded form alone.
+    fn matches_by_folding(&self, name: &str) -> bool {
+        self.wanted(name)
+            .is_some_and(|(wanted, i)| self.matches_folded(i, wanted, name))
+    }
+
+    /// The second folded characters wanted after `name`'s first folded one,
+    /// and where to look for the second; `None` when no entry starts with
+    /// its first.
+    fn wanted(&self, name: &str) -> Option<(u64, usize)> {
         let bytes = name.as_bytes();
-        // The first two folded characters, by table: this runs for every
-        // header of every request, and most names stop here.
         let mut i = 0;
         let first = loop {
-            let Some(&c) = bytes.get(i) else {
-                return false;
-            };
+            let &c = bytes.get(i)?;
             i += 1;
             let s = SLOT[usize::from(c)];
             if s != NONE {
@@ -169,9 +179,13 @@ impl Forbidden {
             }
         };
         let wanted = self.starts[first];
-        if wanted == 0 {
-            return false;
-        }
+        (wanted != 0).then_some((wanted, i))
+    }
+
+    /// The rest of [`Self::matches`], from the second folded character
+    /// (at byte `i`) of a name whose first one some entry starts with.
+    fn matches_folded(&self, mut i: usize, wanted: u64, name: &str) -> bool {
+        let bytes = name.as_bytes();
         let second = loop {
             let Some(&c) = bytes.get(i) else {
                 break ANY;
@@ -211,7 +225,12 @@ impl Forbidden {
 
     /// Removes every forbidden header; returns the names removed.
     pub fn strip(&self, headers: &mut HeaderMap) -> Vec<HeaderName> {
-        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.matches(n.as_str())).cloned().collect();
+        let mut doomed = Vec::new();
+        for name in headers.keys() {
+            if self.matches(name.as_str()) {
+                doomed.push(name.clone());
+            }
+        }
         for name in &doomed {
             headers.remove(name);
         }

@@ -55,6 +55,9 @@ impl HopByHop {
     const X_FORWARDED_HOST: u16 = 1 << 10;
     const X_REAL_IP: u16 = 1 << 11;
     const TRAILER: u16 = 1 << 12;
+    /// One `Connection` field, saying only `keep-alive`: what most HTTP/1.1
+    /// peers send, and it names nothing to remove.
+    const KEEP_ALIVE_ONLY: u16 = 1 << 13;
     /// The hop-by-hop headers removed whatever `Connection` says.
     const FIXED: [(u16, HeaderName); 4] = [
         (Self::KEEP_ALIVE, KEEP_ALIVE),
@@ -71,19 +74,26 @@ impl HopByHop {
         | Self::HTTP2_SETTINGS
         | Self::TRAILER;
 
-    /// One pass over the names: header names in a map are lower case, so a
+    /// One pass over the fields: header names in a map are lower case, so a
     /// length switch and a comparison tell each.
     pub fn scan(headers: &HeaderMap) -> Self {
         let mut found = 0;
-        for name in headers.keys() {
+        for (name, value) in headers {
             let s = name.as_str();
+            if s.len() == 10 && s == "connection" {
+                found = if found & Self::CONNECTION == 0 && value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                    found | Self::CONNECTION | Self::KEEP_ALIVE_ONLY
+                } else {
+                    (found | Self::CONNECTION) & !Self::KEEP_ALIVE_ONLY
+                };
+                continue;
+            }
             found |= match s.len() {
                 2 if s == "te" => Self::TE,
                 7 if s == "upgrade" => Self::UPGRADE,
                 7 if s == "trailer" => Self::TRAILER,
                 9 if s == "forwarded" => Self::FORWARDED,
                 9 if s == "x-real-ip" => Self::X_REAL_IP,
-                10 if s == "connection" => Self::CONNECTION,
                 10 if s == "keep-alive" => Self::KEEP_ALIVE,
                 14 if s == "http2-settings" => Self::HTTP2_SETTINGS,
                 15 if s == "x-forwarded-for" => Self::X_FORWARDED_FOR,
@@ -141,7 +151,9 @@ impl HopByHop {
 
     fn strip_connection(self, headers: &mut HeaderMap) {
         if self.has(Self::CONNECTION) {
-            remove_connection_listed(headers, &[]);
+            if !self.has(Self::KEEP_ALIVE_ONLY) {
+                remove_connection_listed(headers, &[]);
+            }
             headers.remove(header::CONNECTION);
         }
     }
@@ -191,14 +203,6 @@ fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
 
 /// Whether `Connection` is exactly one `token` (the common
 /// `keep-alive`), told without splitting it.
-fn connection_is_only(headers: &HeaderMap, token: &str) -> bool {
-    let mut all = headers.get_all(header::CONNECTION).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(token.as_bytes()),
-        _ => false,
-    }
-}
-
 /// Whether a comma-separated header lists `token` (case-insensitively).
 fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     list_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
@@ -223,10 +227,6 @@ fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
 /// `keep-alive` is skipped without a lookup (its header goes with the fixed
 /// ones); for the others, only a header that is there is looked up twice.
 fn remove_connection_listed(headers: &mut HeaderMap, keep: &[&str]) {
-    // `Connection: keep-alive`, the common case, names nothing to remove.
-    if connection_is_only(headers, "keep-alive") {
-        return;
-    }
     let mut listed: Vec<HeaderName> = Vec::new();
     for token in list_tokens(headers, &header::CONNECTION) {
         if token.eq_ignore_ascii_case("keep-alive")
@@ -309,7 +309,7 @@ pub fn client_request(
     // X-Request-Id): one growth now, not one per insert.
     headers.reserve(6);
     let mut upgrade = Upgrade::None;
-    if hop.has(HopByHop::CONNECTION) && connection_is_only(headers, "keep-alive") {
+    if hop.has(HopByHop::KEEP_ALIVE_ONLY) {
         // What most HTTP/1.1 clients send: nothing to apply.
         headers.remove(header::CONNECTION);
     } else if hop.has(HopByHop::CONNECTION) {
@@ -443,6 +443,27 @@ mod tests {
         HopByHop::scan(&h).strip_request(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"], "{h:?}");
+    }
+
+    #[test]
+    fn a_lone_keep_alive_is_told_apart_from_a_second_connection_field() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        assert!(HopByHop::scan(&h).has(HopByHop::KEEP_ALIVE_ONLY));
+        // A second field may name a header to remove: both orders.
+        for fields in [["keep-alive", "x-secret-hop"], ["x-secret-hop", "keep-alive"]] {
+            let mut h = HeaderMap::new();
+            for f in fields {
+                h.append(header::CONNECTION, f.parse().unwrap());
+            }
+            h.insert("x-secret-hop", "1".parse().unwrap());
+            h.insert("x-kept", "yes".parse().unwrap());
+            let hop = HopByHop::scan(&h);
+            assert!(!hop.has(HopByHop::KEEP_ALIVE_ONLY), "{fields:?}");
+            hop.strip_request(&mut h);
+            let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-kept"], "{fields:?}");
+        }
     }
 
     #[test]

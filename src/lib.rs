@@ -20,6 +20,7 @@ pub mod apps;
 pub mod assertion;
 pub(crate) mod body;
 pub mod config;
+pub(crate) mod deadlines;
 pub mod demo;
 pub(crate) mod error;
 pub mod fake;

@@ -175,22 +175,24 @@ impl Proxy {
         // `hop::client_request` left an upgrade only on a WebSocket handshake.
         let websocket = hop.is_upgrade(req.headers());
         self.prepare(&mut req, hop)?;
+        // The other paths are boxed: their states are large, and this
+        // future, moved at each level that wraps it, is every GET's.
         if websocket {
-            return self.forward_websocket(req).await;
+            return Box::pin(self.forward_websocket(req)).await;
         }
         let this = &self.inner;
         if http_body::Body::is_end_stream(req.body()) {
             // No body (GET, HEAD...): the common case needs no upload tracking.
             let replay = Replay::of(req.method(), false);
             let request = this.pool.send(req.map(Outgoing::plain), replay);
-            let outcome = tokio::time::timeout(this.timeout, request).await.ok();
+            let outcome = crate::deadlines::within(this.timeout, request).await;
             return self.answer(outcome, None, None);
         }
         if !req.headers().contains_key(header::CONTENT_LENGTH) && this.pool.backend_version() == BackendVersion::Http10
         {
-            req = self.with_length(req).await?;
+            req = Box::pin(self.with_length(req)).await?;
         }
-        self.forward_with_body(req).await
+        Box::pin(self.forward_with_body(req)).await
     }
 
     /// The request, body and all, waiting on whichever side stalls.

@@ -411,7 +411,13 @@ async fn worker(
         .max_concurrent_streams(s.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(s.max_request_header_bytes).unwrap_or(u32::MAX));
     let mut watch = idle::Watch::new(s.header_read_timeout.get(), s.send_timeout.get());
-    let mut sweep = tokio::time::interval(watch.period());
+    // Idle connections and upstream deadlines ([`crate::deadlines`]) are
+    // kept by one sweep, as often as the shortest of their timeouts needs.
+    crate::deadlines::enable();
+    let period = watch
+        .period()
+        .min(crate::deadlines::period(config.upstream.timeout.get()));
+    let mut sweep = tokio::time::interval(period);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let connections = TaskTracker::new();
     let flusher = tokio::spawn(async {
@@ -434,6 +440,7 @@ async fn worker(
             }
             () = sleep_until(stop_at) => break,
             now = sweep.tick() => {
+                crate::deadlines::sweep(now);
                 let (closed, cut) = watch.sweep(now);
                 if closed + cut > 0 {
                     tracing::debug!(closed, cut, "closed idle connections and cut stalled ones");
@@ -501,8 +508,16 @@ async fn worker(
         connections.wait().await;
         tunnels.wait().await;
     };
+    // Requests still waiting on the backend keep their upstream.timeout.
+    let deadlines = async {
+        loop {
+            crate::deadlines::sweep(sweep.tick().await);
+        }
+    };
     tokio::select! {
         () = drained => tracing::debug!("worker drained"),
+        // The sweep never ends: it is only there to be polled.
+        () = deadlines => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(
                 ?grace,

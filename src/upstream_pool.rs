@@ -225,10 +225,20 @@ where
 
     /// A connection for one request: an idle one (unless `fresh`), a new
     /// one, or, at `max_connections`, the first to come back or free a place.
+    ///
+    /// The usual case, an idle connection, is taken without an await; the
+    /// rest is boxed, so that [`Self::send`]'s future, which every request
+    /// moves around, stays small (a connect or a wait is a large state).
     async fn connection(&self, fresh: bool) -> Result<(SendRequest<B>, bool), SendError> {
         if !fresh && let Some(s) = self.checkout() {
             return Ok((s, true));
         }
+        Box::pin(self.new_connection(fresh)).await
+    }
+
+    /// A new connection, or, at `max_connections`, the first to come back
+    /// or free a place.
+    async fn new_connection(&self, fresh: bool) -> Result<(SendRequest<B>, bool), SendError> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok((self.connect(permit).await?, false));
         }
@@ -494,6 +504,26 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
+
+    #[test]
+    fn a_head_copy_gives_back_the_same_request() {
+        let req = Request::builder()
+            .method(Method::DELETE)
+            .uri("/a/b?c=d")
+            .header(header::HOST, "example.com")
+            .header("x-many", "one")
+            .header("x-many", "two")
+            .header("x-empty", "")
+            .header("x-bytes", http::HeaderValue::from_bytes(b"caf\xc3\xa9 \xff").unwrap())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let back: Request<Empty<Bytes>> = HeadCopy::of(&req).into_request();
+        assert_eq!(back.method(), req.method());
+        assert_eq!(back.uri(), req.uri());
+        assert_eq!(back.headers(), req.headers());
+        let many: Vec<_> = back.headers().get_all("x-many").iter().collect();
+        assert_eq!(many, ["one", "two"], "order of repeated fields kept");
+    }
 
     /// An upstream that counts connections and answers "ok"; it closes each
     /// connection after `per_conn` requests, with `Connection: close`;
