@@ -117,6 +117,7 @@ pub(crate) fn sweep(now: Instant) -> usize {
 ///
 /// A plain function returning one small future rather than an `async fn`:
 /// a request's future is moved (copied) at each level that wraps it.
+#[inline(always)] // in its caller, `fut` is built in place, not copied in
 pub(crate) fn within<F: Future>(timeout: Duration, fut: F) -> Within<F> {
     let at = Instant::now() + timeout;
     let timer = if TABLE.with_borrow(|t| t.swept) {

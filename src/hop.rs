@@ -55,9 +55,6 @@ impl HopByHop {
     const X_FORWARDED_HOST: u16 = 1 << 10;
     const X_REAL_IP: u16 = 1 << 11;
     const TRAILER: u16 = 1 << 12;
-    /// One `Connection` field, saying only `keep-alive`: what most HTTP/1.1
-    /// peers send, and it names nothing to remove.
-    const KEEP_ALIVE_ONLY: u16 = 1 << 13;
     /// The hop-by-hop headers removed whatever `Connection` says.
     const FIXED: [(u16, HeaderName); 4] = [
         (Self::KEEP_ALIVE, KEEP_ALIVE),
@@ -74,20 +71,12 @@ impl HopByHop {
         | Self::HTTP2_SETTINGS
         | Self::TRAILER;
 
-    /// One pass over the fields: header names in a map are lower case, so a
+    /// One pass over the names: header names in a map are lower case, so a
     /// length switch and a comparison tell each.
     pub fn scan(headers: &HeaderMap) -> Self {
         let mut found = 0;
-        for (name, value) in headers {
+        for name in headers.keys() {
             let s = name.as_str();
-            if s.len() == 10 && s == "connection" {
-                found = if found & Self::CONNECTION == 0 && value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
-                    found | Self::CONNECTION | Self::KEEP_ALIVE_ONLY
-                } else {
-                    (found | Self::CONNECTION) & !Self::KEEP_ALIVE_ONLY
-                };
-                continue;
-            }
             found |= match s.len() {
                 2 if s == "te" => Self::TE,
                 7 if s == "upgrade" => Self::UPGRADE,
@@ -100,6 +89,7 @@ impl HopByHop {
                 16 if s == "proxy-connection" => Self::PROXY_CONNECTION,
                 16 if s == "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 17 if s == "transfer-encoding" => Self::TRANSFER_ENCODING,
+                10 if s == "connection" => Self::CONNECTION,
                 17 if s == "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
                 _ => 0,
             };
@@ -150,10 +140,8 @@ impl HopByHop {
     }
 
     fn strip_connection(self, headers: &mut HeaderMap) {
-        if self.has(Self::CONNECTION) {
-            if !self.has(Self::KEEP_ALIVE_ONLY) {
-                remove_connection_listed(headers, &[]);
-            }
+        if self.has(Self::CONNECTION) && !remove_lone_keep_alive(headers) {
+            remove_connection_listed(headers, &[]);
             headers.remove(header::CONNECTION);
         }
     }
@@ -220,6 +208,21 @@ fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
         .flat_map(|s| s.split(','))
         .map(|t| t.split(';').next().unwrap_or_default().trim())
         .filter(|t| !t.is_empty())
+}
+
+/// Removes `Connection` when it is one field saying only `keep-alive`: what
+/// most HTTP/1.1 peers send, naming nothing to remove (one lookup).
+fn remove_lone_keep_alive(headers: &mut HeaderMap) -> bool {
+    let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
+        return false;
+    };
+    let mut values = entry.iter();
+    let lone =
+        matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+    if lone {
+        entry.remove();
+    }
+    lone
 }
 
 /// Removes the headers that `Connection` names, but `host` (a client must
@@ -309,10 +312,9 @@ pub fn client_request(
     // X-Request-Id): one growth now, not one per insert.
     headers.reserve(6);
     let mut upgrade = Upgrade::None;
-    if hop.has(HopByHop::KEEP_ALIVE_ONLY) {
-        // What most HTTP/1.1 clients send: nothing to apply.
-        headers.remove(header::CONNECTION);
-    } else if hop.has(HopByHop::CONNECTION) {
+    // A lone `Connection: keep-alive`, what most HTTP/1.1 clients send, has
+    // nothing to apply.
+    if hop.has(HopByHop::CONNECTION) && !remove_lone_keep_alive(headers) {
         if hop.is_upgrade(headers) && is_websocket_handshake(headers, method, version) {
             upgrade = Upgrade::WebSocket;
             remove_connection_listed(headers, &["upgrade"]);
@@ -449,7 +451,10 @@ mod tests {
     fn a_lone_keep_alive_is_told_apart_from_a_second_connection_field() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
-        assert!(HopByHop::scan(&h).has(HopByHop::KEEP_ALIVE_ONLY));
+        h.insert("x-kept", "yes".parse().unwrap());
+        HopByHop::scan(&h).strip_request(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
         // A second field may name a header to remove: both orders.
         for fields in [["keep-alive", "x-secret-hop"], ["x-secret-hop", "keep-alive"]] {
             let mut h = HeaderMap::new();
@@ -458,9 +463,7 @@ mod tests {
             }
             h.insert("x-secret-hop", "1".parse().unwrap());
             h.insert("x-kept", "yes".parse().unwrap());
-            let hop = HopByHop::scan(&h);
-            assert!(!hop.has(HopByHop::KEEP_ALIVE_ONLY), "{fields:?}");
-            hop.strip_request(&mut h);
+            HopByHop::scan(&h).strip_request(&mut h);
             let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
             assert_eq!(names, ["x-kept"], "{fields:?}");
         }

@@ -181,7 +181,15 @@ where
     pub async fn send(&self, mut req: Request<B>, replay: Replay) -> Result<Response<Incoming>, SendError> {
         let mut replayed = false;
         loop {
-            let (mut sender, reused) = self.connection(replayed).await?;
+            // An idle connection (unless this is a replay) is taken without
+            // an await, the usual case; a new one, or a wait for one, is
+            // boxed: those are large states, and this future, which every
+            // request moves around, stays small without them.
+            let idle = if replayed { None } else { self.checkout() };
+            let (mut sender, reused) = match idle {
+                Some(s) => (s, true),
+                None => Box::pin(self.connection(replayed)).await?,
+            };
             // Only a reused connection may have been closed under us, and
             // only a replayable request is worth keeping a copy of.
             let copy = (reused && !replayed && replay == Replay::Safe).then(|| HeadCopy::of(&req));
@@ -223,22 +231,10 @@ where
         Ok(res)
     }
 
-    /// A connection for one request: an idle one (unless `fresh`), a new
-    /// one, or, at `max_connections`, the first to come back or free a place.
-    ///
-    /// The usual case, an idle connection, is taken without an await; the
-    /// rest is boxed, so that [`Self::send`]'s future, which every request
-    /// moves around, stays small (a connect or a wait is a large state).
+    /// A connection for one request when no idle one was at hand: a new
+    /// one, or, at `max_connections`, the first to come back (unless
+    /// `fresh`) or free a place.
     async fn connection(&self, fresh: bool) -> Result<(SendRequest<B>, bool), SendError> {
-        if !fresh && let Some(s) = self.checkout() {
-            return Ok((s, true));
-        }
-        Box::pin(self.new_connection(fresh)).await
-    }
-
-    /// A new connection, or, at `max_connections`, the first to come back
-    /// or free a place.
-    async fn new_connection(&self, fresh: bool) -> Result<(SendRequest<B>, bool), SendError> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok((self.connect(permit).await?, false));
         }
