@@ -3,7 +3,8 @@
 //! The layers never write identity headers. They put what they established
 //! into the request's extensions: the session layer a live session
 //! ([`Identity`]), the login route the session it just opened, the phone
-//! route the number it just decrypted or exchanged ([`EstablishedPhone`]).
+//! route the number it just decrypted or exchanged (into the same value,
+//! [`Identity::phone`]).
 //! Right before the request leaves for the backend, after its path has
 //! been rewritten, [`Render::apply`]:
 //!
@@ -29,18 +30,19 @@ use crate::headers::Forbidden;
 use crate::metrics;
 use crate::session::{PhoneNumber, Session, SessionToken};
 
-/// A live session the request carries (or the login just opened).
+/// Who the user is: a live session the request carries (or the login just
+/// opened), and the phone number the phone route established for this
+/// request. One value in the request's extensions, one insert.
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// The session's token; `None` never happens today but keeps the data
     /// honest for identities that come without one.
     pub token: Option<SessionToken>,
     pub session: Session,
+    /// Established for this request by the phone route; otherwise the
+    /// session's remembered number is written when `phone.remember` is on.
+    pub phone: Option<PhoneNumber>,
 }
-
-/// A phone number the phone route established for this request.
-#[derive(Clone, Debug)]
-pub struct EstablishedPhone(pub PhoneNumber);
 
 /// The header names wxgate writes, parsed once.
 #[derive(Debug)]
@@ -128,16 +130,15 @@ impl Render {
     pub fn apply<B>(&self, req: &mut Request<B>) {
         self.strip(req.headers_mut());
         // Taken, not cloned: a phone number is three allocations, and
-        // nothing reads these after the render.
-        let established = req.extensions_mut().remove::<EstablishedPhone>();
+        // nothing reads the identity after the render.
         let identity = req.extensions_mut().remove::<Identity>();
         let headers = req.headers_mut();
         if let Some(identity) = identity {
             let Some(appid) = self.write_identity(headers, &identity.session) else {
                 return;
             };
-            let phone = match &established {
-                Some(EstablishedPhone(phone)) => Some(phone),
+            let phone = match &identity.phone {
+                Some(phone) => Some(phone),
                 None if self.remember_phone => identity.session.phone(),
                 None => None,
             };
@@ -270,6 +271,7 @@ mod tests {
         req.extensions_mut().insert(Identity {
             token: None,
             session: session.clone(),
+            phone: None,
         });
         render.apply(&mut req);
         let h = req.headers();
@@ -294,10 +296,8 @@ mod tests {
             req.extensions_mut().insert(Identity {
                 token: None,
                 session: remembered.clone(),
+                phone: established.map(phone),
             });
-            if let Some(n) = established {
-                req.extensions_mut().insert(EstablishedPhone(phone(n)));
-            }
             render.apply(&mut req);
             let got = req
                 .headers()
@@ -328,6 +328,7 @@ mod tests {
             req.extensions_mut().insert(Identity {
                 token: None,
                 session: session.clone().in_app(app),
+                phone: None,
             });
             render.apply(&mut req);
             let h = req.headers();

@@ -247,6 +247,7 @@ mod tests {
         let user = Identity {
             token: None,
             session: session.clone(),
+            phone: None,
         };
         let with_phone = Identity {
             token: None,
@@ -255,6 +256,7 @@ mod tests {
                 pure_phone_number: "13800138000".into(),
                 country_code: "86".into(),
             }),
+            phone: None,
         };
         for path in [
             "/api/orders",

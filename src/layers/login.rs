@@ -154,6 +154,7 @@ impl Login {
                 parts.extensions.insert(Identity {
                     token: Some(token),
                     session,
+                    phone: None,
                 });
                 proxy.forward(Request::from_parts(parts, body::full(body))).await?
             }

@@ -20,8 +20,8 @@
 //!   requests per session.
 //! - Every value is checked (digits, an optional leading '+', bounded
 //!   length) before it is established; a refused request never reaches the
-//!   backend. The number goes into the request's extensions
-//!   ([`EstablishedPhone`]); the render step writes the headers.
+//!   backend. The number goes into the request's identity
+//!   ([`Identity::phone`]); the render step writes the headers.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -38,7 +38,7 @@ use crate::body::{self, Body};
 use crate::config::{Config, ForwardBody};
 use crate::error::Error;
 use crate::headers::visible_ascii;
-use crate::identity::{EstablishedPhone, Identity};
+use crate::identity::Identity;
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::ratelimit::Limiter;
@@ -249,7 +249,9 @@ impl Phone {
                 tracing::warn!(error = %e.chain(), "cannot remember the phone number in the session");
             }
         }
-        parts.extensions.insert(EstablishedPhone(phone));
+        if let Some(identity) = parts.extensions.get_mut::<Identity>() {
+            identity.phone = Some(phone);
+        }
         let body = match self.forward_body {
             ForwardBody::Forward => bytes,
             ForwardBody::Strip => {

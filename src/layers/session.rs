@@ -115,6 +115,7 @@ where
                     req.extensions_mut().insert(Identity {
                         token: Some(token),
                         session,
+                        phone: None,
                     });
                 }
                 None => tracing::debug!("unknown or expired session token"),
