@@ -749,9 +749,17 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
+/// A loopback address that refuses connections for the rest of the test
+/// run: a socket bound to it and never listening holds the port, so no
+/// concurrent test's server can take it over (a port only bound and then
+/// released once was, now and then, another test's server answering).
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held until the test binary exits.
+    std::mem::forget(socket);
+    addr
 }
 
 /// Every header of the upstream's request whose name reads as one of `names`
