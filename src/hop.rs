@@ -83,13 +83,13 @@ impl HopByHop {
                 7 if s == "trailer" => Self::TRAILER,
                 9 if s == "forwarded" => Self::FORWARDED,
                 9 if s == "x-real-ip" => Self::X_REAL_IP,
+                10 if s == "connection" => Self::CONNECTION,
                 10 if s == "keep-alive" => Self::KEEP_ALIVE,
                 14 if s == "http2-settings" => Self::HTTP2_SETTINGS,
                 15 if s == "x-forwarded-for" => Self::X_FORWARDED_FOR,
                 16 if s == "proxy-connection" => Self::PROXY_CONNECTION,
                 16 if s == "x-forwarded-host" => Self::X_FORWARDED_HOST,
                 17 if s == "transfer-encoding" => Self::TRANSFER_ENCODING,
-                10 if s == "connection" => Self::CONNECTION,
                 17 if s == "x-forwarded-proto" => Self::X_FORWARDED_PROTO,
                 _ => 0,
             };
@@ -189,8 +189,6 @@ fn has_transfer_coding_besides_chunked(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Whether `Connection` is exactly one `token` (the common
-/// `keep-alive`), told without splitting it.
 /// Whether a comma-separated header lists `token` (case-insensitively).
 fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     list_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))

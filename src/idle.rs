@@ -260,6 +260,13 @@ const PRUNE_MIN: usize = 1024;
 /// connection (nginx drains 32 at a time too).
 const DRAIN_BATCH: usize = 32;
 
+/// How often a sweep must run for `timeout` to be kept: a quarter of it,
+/// between 10 ms and 1 s. A timeout kept by a sweep fires up to one period
+/// late, never early.
+pub(crate) fn sweep_period(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 impl Watch {
     pub fn new(idle_timeout: Duration, send_timeout: Duration) -> Self {
         Self {
@@ -270,10 +277,10 @@ impl Watch {
         }
     }
 
-    /// How often [`Watch::sweep`] should run: a quarter of the shorter
-    /// timeout, between 10 ms and 1 s.
+    /// How often [`Watch::sweep`] should run, for the shorter timeout
+    /// ([`sweep_period`]).
     pub fn period(&self) -> Duration {
-        (self.idle_timeout.min(self.send_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        sweep_period(self.idle_timeout.min(self.send_timeout))
     }
 
     /// Watches a connection just accepted: `task` serves it, `close` asks

@@ -208,7 +208,7 @@ struct LocalRequestMetrics {
 
 type LabeledKey = (Family, &'static str, &'static str, &'static str);
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
     Login,
     Phone,

@@ -414,9 +414,7 @@ async fn worker(
     // Idle connections and upstream deadlines ([`crate::deadlines`]) are
     // kept by one sweep, as often as the shortest of their timeouts needs.
     crate::deadlines::enable();
-    let period = watch
-        .period()
-        .min(crate::deadlines::period(config.upstream.timeout.get()));
+    let period = watch.period().min(idle::sweep_period(config.upstream.timeout.get()));
     let mut sweep = tokio::time::interval(period);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let connections = TaskTracker::new();
