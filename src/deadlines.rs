@@ -1,5 +1,6 @@
-//! `upstream.timeout` for requests without a body, kept by each worker's
-//! sweep rather than by a timer per request.
+//! `upstream.timeout` for requests without a body, or with one wxgate holds
+//! whole (see `Proxy::forward`), kept by each worker's sweep rather than by
+//! a timer per request.
 //!
 //! Hand-written rather than `tokio::time::timeout`, because it is measured
 //! to matter: a tokio timer costs every forwarded GET a timer-wheel insert

@@ -18,7 +18,10 @@
 //!   upstream, so the clock starts when the last body byte has gone. While
 //!   the body streams, an upstream that takes none of it for
 //!   `upstream.timeout` is a stalled one (504 too), and a client that sends
-//!   none of it for `server.body_read_timeout` a stalled client (408).
+//!   none of it for `server.body_read_timeout` a stalled client (408). A
+//!   body wxgate holds whole (the login and phone routes', an upload
+//!   buffered for an HTTP/1.0 backend) goes with the head and is not
+//!   tracked: its clock starts with the request.
 //! - A client whose body breaks mid-stream (bad chunk, reset) gets a 400
 //!   `client_body`, not a 502: the upstream did nothing wrong.
 //! - `Expect: 100-continue` goes to the backend, and the client's body is
@@ -181,18 +184,23 @@ impl Proxy {
             return Box::pin(self.forward_websocket(req)).await;
         }
         let this = &self.inner;
-        if http_body::Body::is_end_stream(req.body()) {
-            // No body (GET, HEAD...): the common case needs no upload tracking.
-            let replay = Replay::of(req.method(), false);
-            let request = this.pool.send(req.map(Outgoing::plain), replay);
-            let outcome = crate::deadlines::within(this.timeout, request).await;
-            return self.answer(outcome, None, None);
+        let bodyless = http_body::Body::is_end_stream(req.body());
+        if !bodyless {
+            if !req.headers().contains_key(header::CONTENT_LENGTH)
+                && this.pool.backend_version() == BackendVersion::Http10
+            {
+                req = Box::pin(self.with_length(req)).await?;
+            }
+            if !is_held_whole(&req) {
+                return Box::pin(self.forward_with_body(req)).await;
+            }
         }
-        if !req.headers().contains_key(header::CONTENT_LENGTH) && this.pool.backend_version() == BackendVersion::Http10
-        {
-            req = Box::pin(self.with_length(req)).await?;
-        }
-        Box::pin(self.forward_with_body(req)).await
+        // No body (GET, HEAD...), the common case, or one held whole: no
+        // upload to track, and the response timeout starts now.
+        let replay = Replay::of(req.method(), !bodyless);
+        let request = this.pool.send(req.map(Outgoing::plain), replay);
+        let outcome = crate::deadlines::within(this.timeout, request).await;
+        self.answer(outcome, None, None)
     }
 
     /// The request, body and all, waiting on whichever side stalls.
@@ -494,6 +502,16 @@ impl tower::Service<Request<Body>> for Proxy {
         let this = self.clone();
         Box::pin(async move { this.forward(req).await })
     }
+}
+
+/// A body wxgate holds whole, in memory (the login and phone routes' after
+/// they read it, an upload buffered for an HTTP/1.0 backend), and that no
+/// `Expect` holds back. hyper takes it whole right after the head, before
+/// it reads any answer, and the client cannot stall it: there is nothing to
+/// track ([`Outgoing::tracked`] would report it complete at its first
+/// poll), and the response timeout starts with the request.
+fn is_held_whole(req: &Request<Body>) -> bool {
+    matches!(req.body(), Body::Full(_)) && !expects_continue(req.headers())
 }
 
 /// `Expect: 100-continue` (the only expectation there is).

@@ -445,3 +445,26 @@ async fn log_lines_about_a_request_carry_its_id() {
     assert_eq!(failures.len(), 1, "logged once: {odd:#?}");
     assert!(failures[0].contains("errcode 12345"), "{odd:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_behind_the_phone_route_is_a_504_json() {
+    // The route's body is held whole and goes out with its head, so the
+    // response timeout runs from the start: a backend that never answers
+    // is a 504, not a hang; a quick one on the same gate still answers.
+    let mut gate = start(|c| {
+        c.phone.path = "/slow".into();
+        c.upstream.timeout = HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let token = gate.login("alice.1").await;
+    let m = mint(&gate.fake, "alice", "13580006666");
+    let a = gate.post("/slow?ms=5000", Some(&token), encrypted(&m)).await;
+    a.assert_error(504, "upstream_timeout");
+    let a = gate.post("/slow?ms=1", Some(&token), encrypted(&m)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        phone_headers(&gate.upstream.last()),
+        (Some("13580006666"), Some("13580006666"), Some("86"))
+    );
+    gate.stop().await;
+}
