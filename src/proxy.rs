@@ -191,7 +191,7 @@ impl Proxy {
             {
                 req = Box::pin(self.with_length(req)).await?;
             }
-            if !is_held_whole(&req) {
+            if !is_held_whole(&req, this.pool.config().max_header_bytes) {
                 return Box::pin(self.forward_with_body(req)).await;
             }
         }
@@ -505,13 +505,26 @@ impl tower::Service<Request<Body>> for Proxy {
 }
 
 /// A body wxgate holds whole, in memory (the login and phone routes' after
-/// they read it, an upload buffered for an HTTP/1.0 backend), and that no
-/// `Expect` holds back. hyper takes it whole right after the head, before
-/// it reads any answer, and the client cannot stall it: there is nothing to
-/// track ([`Outgoing::tracked`] would report it complete at its first
-/// poll), and the response timeout starts with the request.
-fn is_held_whole(req: &Request<Body>) -> bool {
-    matches!(req.body(), Body::Full(_)) && !expects_continue(req.headers())
+/// they read it, an upload buffered for an HTTP/1.0 backend), that no
+/// `Expect` holds back, under a head that hyper buffers without flushing it
+/// first (shorter than `max_buf`, the upstream connection's buffer limit).
+/// hyper then takes the body right after the head, before it reads any
+/// answer, and the client cannot stall it: there is nothing to track
+/// ([`Outgoing::tracked`] would report it complete at its first poll), and
+/// the response timeout starts with the request. A longer head is flushed
+/// before the body is taken, and a backend could answer in between: that
+/// request keeps the tracked path and its early-answer guard.
+fn is_held_whole(req: &Request<Body>, max_buf: usize) -> bool {
+    matches!(req.body(), Body::Full(_)) && !expects_continue(req.headers()) && head_len_bound(req) < max_buf
+}
+
+/// More than the bytes of `req`'s head as hyper writes it: the request
+/// line, each field with its `: ` and CRLF, the blank line, and a
+/// `content-length` field hyper may add.
+fn head_len_bound<B>(req: &Request<B>) -> usize {
+    let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    req.method().as_str().len() + target + fields + 64
 }
 
 /// `Expect: 100-continue` (the only expectation there is).
@@ -687,7 +700,8 @@ impl Default for Outgoing {
 struct AnsweredEarly;
 
 impl Outgoing {
-    /// A body that needs no tracking (already at its end).
+    /// A body that needs no tracking: none, or one held whole
+    /// ([`is_held_whole`]).
     fn plain(inner: Body) -> Self {
         Self {
             inner,
@@ -771,6 +785,71 @@ mod tests {
     use super::*;
     use http_body::Body as _;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_held_body_needs_no_expect_and_a_head_hyper_buffers_whole() {
+        let req = |field: &str| {
+            Request::post("/api/phone?x=1")
+                .header(header::HOST, "mp.example")
+                .header("x-long", field)
+                .body(body::full("{}"))
+                .unwrap()
+        };
+        assert!(is_held_whole(&req("v"), 32 * 1024));
+        assert!(
+            !is_held_whole(&req(&"v".repeat(32 * 1024)), 32 * 1024),
+            "flushed before the body"
+        );
+        let mut expecting = req("v");
+        expecting
+            .headers_mut()
+            .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        assert!(!is_held_whole(&expecting, 32 * 1024), "held back for the Expect");
+    }
+
+    /// The bound is above what hyper really writes, with and without a
+    /// Content-Length of the request's own.
+    #[tokio::test]
+    async fn head_len_bound_is_above_the_head_hyper_writes() {
+        use tokio::io::AsyncReadExt;
+        for with_length in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut b = Request::put("/a/b?c=d&e=%20f")
+                .header(header::HOST, "backend.example:8080")
+                .header("x-forwarded-for", "203.0.113.7, 198.51.100.1")
+                .header(header::COOKIE, "a=1; b=2");
+            if with_length {
+                b = b.header(header::CONTENT_LENGTH, "11");
+            }
+            let req = b.body(body::full("hello world")).unwrap();
+            let bound = head_len_bound(&req);
+            let client = tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let _ = sender.send_request(req).await;
+            });
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let head_len = loop {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed before the head ended");
+                got.extend_from_slice(&buf[..n]);
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&got[..head_len]).to_lowercase();
+            assert!(head.contains("content-length: 11"), "{head}");
+            assert!(head_len < bound, "{head_len} bytes against a bound of {bound}");
+            drop(s);
+            client.abort();
+        }
+    }
 
     #[test]
     fn http2_cookies_are_joined_for_http11() {
