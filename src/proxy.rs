@@ -518,13 +518,20 @@ fn is_held_whole(req: &Request<Body>, max_buf: usize) -> bool {
     matches!(req.body(), Body::Full(_)) && !expects_continue(req.headers()) && head_len_bound(req) < max_buf
 }
 
+/// What [`head_len_bound`] allows beyond the method, the target and the
+/// fields: the request line's spaces, version and CRLF and the blank line
+/// (14 bytes); a `content-length` field hyper adds when the request has none
+/// (at most 38: twenty digits); and `connection: keep-alive` (24), which it
+/// adds on a connection whose backend answered HTTP/1.0.
+const HEAD_MARGIN: usize = 14 + 38 + 24;
+
 /// More than the bytes of `req`'s head as hyper writes it: the request
-/// line, each field with its `: ` and CRLF, the blank line, and a
-/// `content-length` field hyper may add.
+/// line, each field as `name: value` and CRLF, the blank line, and the
+/// fields hyper may add ([`HEAD_MARGIN`]).
 fn head_len_bound<B>(req: &Request<B>) -> usize {
     let fields: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
-    req.method().as_str().len() + target + fields + 64
+    req.method().as_str().len() + target + fields + HEAD_MARGIN
 }
 
 /// `Expect: 100-continue` (the only expectation there is).
@@ -807,47 +814,111 @@ mod tests {
         assert!(!is_held_whole(&expecting, 32 * 1024), "held back for the Expect");
     }
 
-    /// The bound is above what hyper really writes, with and without a
-    /// Content-Length of the request's own.
-    #[tokio::test]
-    async fn head_len_bound_is_above_the_head_hyper_writes() {
-        use tokio::io::AsyncReadExt;
-        for with_length in [false, true] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut b = Request::put("/a/b?c=d&e=%20f")
-                .header(header::HOST, "backend.example:8080")
-                .header("x-forwarded-for", "203.0.113.7, 198.51.100.1")
-                .header(header::COOKIE, "a=1; b=2");
-            if with_length {
-                b = b.header(header::CONTENT_LENGTH, "11");
+    /// What hyper writes as the head of each of `reqs`, sent one after the
+    /// other on one connection to a backend that answers each with `answer`.
+    async fn heads_hyper_writes(reqs: Vec<Request<Body>>, answer: &'static [u8]) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let n = reqs.len();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for req in reqs {
+                sender.ready().await.unwrap();
+                sender.send_request(req).await.unwrap();
             }
-            let req = b.body(body::full("hello world")).unwrap();
-            let bound = head_len_bound(&req);
-            let client = tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let _ = sender.send_request(req).await;
-            });
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            let head_len = loop {
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the connection closed before the head ended");
-                got.extend_from_slice(&buf[..n]);
+        });
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut heads = Vec::new();
+        while heads.len() < n {
+            let end = loop {
                 if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                     break i + 4;
                 }
+                let mut buf = [0u8; 64 * 1024];
+                let read = s.read(&mut buf).await.unwrap();
+                assert!(read > 0, "the connection closed before the head ended");
+                got.extend_from_slice(&buf[..read]);
             };
-            let head = String::from_utf8_lossy(&got[..head_len]).to_lowercase();
-            assert!(head.contains("content-length: 11"), "{head}");
-            assert!(head_len < bound, "{head_len} bytes against a bound of {bound}");
-            drop(s);
-            client.abort();
+            let head = String::from_utf8(got[..end].to_vec()).unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.parse().unwrap());
+            while got.len() < end + length {
+                let mut buf = [0u8; 64 * 1024];
+                let read = s.read(&mut buf).await.unwrap();
+                assert!(read > 0, "the connection closed before the body ended");
+                got.extend_from_slice(&buf[..read]);
+            }
+            got.drain(..end + length);
+            heads.push(head);
+            s.write_all(answer).await.unwrap();
+        }
+        client.await.unwrap();
+        heads
+    }
+
+    /// The bound is above what hyper really writes, by the margin it keeps
+    /// for what hyper adds: a Content-Length (when the request has none),
+    /// and `connection: keep-alive` to a backend that answered HTTP/1.0.
+    #[tokio::test]
+    async fn head_len_bound_is_above_the_head_hyper_writes() {
+        let req = |with_length: bool, body: Bytes| {
+            let mut b = Request::put("/a/b?c=d&e=%20f")
+                .header(header::HOST, "backend.example:8080")
+                .header("x-forwarded-for", "203.0.113.7, 198.51.100.1")
+                .header(header::COOKIE, "a=1; b=2")
+                .header("x-empty", "");
+            if with_length {
+                b = b.header(header::CONTENT_LENGTH, body.len());
+            }
+            b.body(body::full(body)).unwrap()
+        };
+        // The exact length of the head hyper writes: what the bound counts
+        // but its margin, the request line's and the blank line's 14 bytes,
+        // and the fields hyper adds.
+        let exact = |r: &Request<Body>, added: &str| head_len_bound(r) - HEAD_MARGIN + 14 + added.len();
+        let cases = [
+            (req(false, Bytes::from_static(b"hello world")), "content-length: 11\r\n"),
+            (req(true, Bytes::from_static(b"hello world")), ""),
+        ];
+        let expected: Vec<usize> = cases.iter().map(|(r, added)| exact(r, added)).collect();
+        let heads = heads_hyper_writes(
+            cases.into_iter().map(|(r, _)| r).collect(),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(heads[0].contains("content-length: 11\r\n"), "{}", heads[0]);
+        for (head, expected) in heads.iter().zip(expected) {
+            assert_eq!(head.len(), expected, "{head}");
+        }
+        // After an HTTP/1.0 answer that keeps the connection, hyper asks to
+        // keep it again; with a long body's length, that is the most it adds.
+        let long = Bytes::from(vec![b'x'; 1_000_000]);
+        let cases = [
+            (req(true, Bytes::from_static(b"first")), ""),
+            (
+                req(false, long),
+                "content-length: 1000000\r\nconnection: keep-alive\r\n",
+            ),
+        ];
+        let expected: Vec<usize> = cases.iter().map(|(r, added)| exact(r, added)).collect();
+        let bounds: Vec<usize> = cases.iter().map(|(r, _)| head_len_bound(r)).collect();
+        let heads = heads_hyper_writes(
+            cases.into_iter().map(|(r, _)| r).collect(),
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(heads[1].contains("connection: keep-alive\r\n"), "{}", heads[1]);
+        for ((head, expected), bound) in heads.iter().zip(expected).zip(bounds) {
+            assert_eq!(head.len(), expected, "{head}");
+            assert!(head.len() < bound);
         }
     }
 
