@@ -815,9 +815,22 @@ mod tests {
     }
 
     /// What hyper writes as the head of each of `reqs`, sent one after the
-    /// other on one connection to a backend that answers each with `answer`.
+    /// other on one connection to a backend that answers each with `answer`
+    /// (within 15 s).
     async fn heads_hyper_writes(reqs: Vec<Request<Body>>, answer: &'static [u8]) -> Vec<String> {
+        tokio::time::timeout(Duration::from_secs(15), heads_written(reqs, answer))
+            .await
+            .expect("the requests are written within 15 s")
+    }
+
+    async fn heads_written(reqs: Vec<Request<Body>>, answer: &'static [u8]) -> Vec<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn read_more(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>) {
+            let mut buf = [0u8; 64 * 1024];
+            let read = s.read(&mut buf).await.unwrap();
+            assert!(read > 0, "the connection closed before the request ended");
+            got.extend_from_slice(&buf[..read]);
+        }
         let n = reqs.len();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -840,10 +853,7 @@ mod tests {
                 if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                     break i + 4;
                 }
-                let mut buf = [0u8; 64 * 1024];
-                let read = s.read(&mut buf).await.unwrap();
-                assert!(read > 0, "the connection closed before the head ended");
-                got.extend_from_slice(&buf[..read]);
+                read_more(&mut s, &mut got).await;
             };
             let head = String::from_utf8(got[..end].to_vec()).unwrap();
             let length: usize = head
@@ -851,10 +861,7 @@ mod tests {
                 .find_map(|l| l.strip_prefix("content-length: "))
                 .map_or(0, |v| v.parse().unwrap());
             while got.len() < end + length {
-                let mut buf = [0u8; 64 * 1024];
-                let read = s.read(&mut buf).await.unwrap();
-                assert!(read > 0, "the connection closed before the body ended");
-                got.extend_from_slice(&buf[..read]);
+                read_more(&mut s, &mut got).await;
             }
             got.drain(..end + length);
             heads.push(head);
